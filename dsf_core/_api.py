@@ -1,0 +1,87 @@
+"""``factorize``: the one entry point shared by every method."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+
+from ._registry import get_method
+from ._result import Factorization
+from ._validation import (
+    check_callback,
+    check_density,
+    check_device,
+    check_gram,
+    check_seed,
+    check_weight,
+)
+from .methods._common import Progress
+
+
+def factorize(
+    weight: torch.Tensor,
+    method: str,
+    *,
+    density: float,
+    gram: torch.Tensor | None = None,
+    device=None,
+    seed: int = 0,
+    callback=None,
+    **options,
+) -> Factorization:
+    """Approximate ``weight`` by ``method`` within ``density * weight.numel()`` stored parameters.
+
+    ``weight`` is 2-D (``out x in``) or a 4-D conv kernel (read as ``out x in*kh*kw``); ``gram`` is
+    an optional ``in x in`` input Gram matrix for activation-aware methods; ``callback(step,
+    objective)`` is called during the work and may return ``False`` to stop early. Method options
+    are listed in ``METHODS[method].options``. The input tensors are never modified.
+    """
+    spec = get_method(method)
+    matrix = check_weight(weight)
+    density = check_density(density)
+    gram = check_gram(gram, matrix.shape[1])
+    device = check_device(device, weight.device)
+    seed = check_seed(seed)
+    callback = check_callback(callback)
+    resolved = spec.resolve_options(options)
+    if gram is not None and spec.uses_gram == "no":
+        warnings.warn(f"Method {method!r} does not use gram; it is ignored.", UserWarning, stacklevel=2)
+        gram = None
+
+    dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+    work = matrix.to(device=device, dtype=dtype, copy=True)
+    work_gram = None if gram is None else gram.to(device=device, dtype=dtype, copy=True)
+    m, n = work.shape
+    budget = int(density * m * n + 1e-9)
+    if budget < 1:
+        raise ValueError(
+            f"density {density} of a {m} x {n} matrix leaves a budget of 0 parameters; "
+            "raise the density."
+        )
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    progress = Progress(callback)
+    start = time.perf_counter()
+    fit = spec.fit(work, budget=budget, gram=work_gram, generator=generator, progress=progress, **resolved)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+
+    result = Factorization(
+        method=method,
+        options=resolved,
+        factors=fit.factors,
+        sparse=fit.sparse,
+        kind=fit.kind,
+        weight_shape=tuple(weight.shape),
+        history=progress.history,
+        seconds=seconds,
+        info={**fit.info, "budget": budget, "stopped_early": progress.stopped},
+    )
+    if result.n_params > budget:
+        raise RuntimeError(
+            f"internal error: {method!r} stored {result.n_params} parameters, over the budget {budget}."
+        )
+    return result

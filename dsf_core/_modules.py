@@ -1,0 +1,93 @@
+"""``nn.Module`` forms of a factorization: they compute ``x @ W_hat.T`` through the factors,
+never forming ``W_hat``. Sparse factors are stored as CSR tensors."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _apply_product(factors, rows: torch.Tensor) -> torch.Tensor:
+    """``rows @ (F_1 F_2 ... F_Q).T`` for rows of shape (T, n), applying ``F_Q`` first."""
+    out = rows.T  # (n, T)
+    for factor in reversed(factors):
+        out = factor @ out  # CSR @ dense or dense @ dense
+    return out.T
+
+
+def _apply_tt(cores, rows: torch.Tensor) -> torch.Tensor:
+    """``rows @ W_hat.T`` for a TT-matrix with cores ``(r_prev, m_k, n_k, r_next)``."""
+    t = rows.shape[0]
+    in_modes = [core.shape[2] for core in cores]
+    # state: (T * produced m modes, r, remaining n modes)
+    state = rows.reshape(t, 1, -1)
+    produced = t
+    for core, n_k in zip(cores, in_modes):
+        r_prev, m_k, _, r_next = core.shape
+        state = state.reshape(produced, r_prev, n_k, -1)  # (P, r, n_k, rest)
+        state = torch.einsum("prnz,rmns->pmsz", state, core)  # (P, m_k, r_next, rest)
+        produced *= m_k
+        state = state.reshape(produced, r_next, -1)
+    # state: (T * m_1 ... m_d, 1, 1) in the order T, m_1, ..., m_d
+    return state.reshape(t, -1)
+
+
+class FactorizedLinear(nn.Module):
+    """A Linear layer whose weight is held as its factors (shape comments: T tokens, n in, m out)."""
+
+    def __init__(self, factors, sparse, kind: str, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.kind = kind
+        self.n_factors = len(factors)
+        for i, (factor, is_sparse) in enumerate(zip(factors, sparse)):
+            factor = factor.detach()
+            self.register_buffer(f"factor_{i}", _to_csr(factor) if is_sparse else factor.clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    @property
+    def factors(self) -> list[torch.Tensor]:
+        return [getattr(self, f"factor_{i}") for i in range(self.n_factors)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])  # (T, n)
+        apply = _apply_tt if self.kind == "tt" else _apply_product
+        out = apply(self.factors, rows)  # (T, m)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class FactorizedConv2d(nn.Module):
+    """A Conv2d whose kernel (read as ``out x in*kh*kw``) is held as its factors: the input is
+    unfolded into patches, which go through a :class:`FactorizedLinear`."""
+
+    def __init__(self, linear: FactorizedLinear, kernel_size, stride=1, padding=0, dilation=1):
+        super().__init__()
+        self.linear = linear
+        self.kernel_size = tuple(kernel_size)
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        patches = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, in*kh*kw, L)
+        out = self.linear(patches.transpose(1, 2))  # (N, L, out)
+        kh, kw = self.kernel_size
+        sh, sw = _pair(self.stride)
+        ph, pw = _pair(self.padding)
+        dh, dw = _pair(self.dilation)
+        h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return out.transpose(1, 2).reshape(n, -1, h_out, w_out)
+
+
+def _to_csr(dense: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch flags all CSR use as beta; nothing for the user to act on
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return dense.to_sparse_csr()
+
+
+def _pair(value):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)

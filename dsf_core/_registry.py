@@ -1,0 +1,223 @@
+"""The one list of methods and their options, read by the API, the app, the CLI and the tests."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from .methods import dsf, palm4msa, pruning, svd, tt
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword option of a method: its type, default and allowed range."""
+
+    kind: type
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, method: str, name: str, value):
+        """Return ``value`` converted to ``kind``; raise TypeError/ValueError if it does not fit."""
+        if value is None:
+            if self.default is None:
+                return None
+            raise TypeError(f"Option {name!r} of method {method!r} must not be None.")
+        if self.kind is int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise TypeError(f"Option {name!r} of method {method!r} must be an int; got {value!r}.")
+        if self.kind is float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TypeError(f"Option {name!r} of method {method!r} must be a number; got {value!r}.")
+        if self.kind is str and not isinstance(value, str):
+            raise TypeError(f"Option {name!r} of method {method!r} must be a str; got {value!r}.")
+        value = self.kind(value)
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(
+                f"Option {name!r} of method {method!r} must be one of {list(self.choices)}; "
+                f"got {value!r} instead."
+            )
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (
+            value >= self.high if self.high_open else value > self.high
+        )
+        if too_low or too_high or value != value:
+            raise ValueError(
+                f"Option {name!r} of method {method!r} must be in the range {self.range_text()}; "
+                f"got {value!r} instead."
+            )
+        return value
+
+    def range_text(self) -> str:
+        left = "(" if self.low_open or self.low is None else "["
+        right = ")" if self.high_open or self.high is None else "]"
+        low = "-inf" if self.low is None else self.low
+        high = "inf" if self.high is None else self.high
+        return f"{left}{low}, {high}{right}"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method: what it does, its options, whether it reads an input Gram matrix, its solver."""
+
+    name: str
+    description: str
+    uses_gram: str  # "no", "optional" (activation-aware when given)
+    options: Mapping[str, Option]
+    fit: Callable = field(repr=False)
+
+    def resolve_options(self, given: Mapping[str, Any]) -> dict:
+        """Defaults overlaid with the given options, each checked."""
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            raise TypeError(
+                f"Unknown option(s) {unknown} for method {self.name!r}; "
+                f"expected some of {sorted(self.options)}."
+            )
+        return {
+            name: opt.check(self.name, name, given.get(name, opt.default))
+            for name, opt in self.options.items()
+        }
+
+
+PROJECTIONS = ("sp", "splin", "spcol", "splincol")
+
+_INNER = Option(int, None, "Inner dimension r of W ~ A (m x r) B (r x n); default min(m, n).", low=1)
+_PALM_K = Option(
+    int,
+    None,
+    "Nonzeros per row/column of each factor (for 'sp': k times the factor's row count in all); "
+    "default: the largest k that fits the budget.",
+    low=1,
+)
+_PROJECTION = Option(str, "splincol", "Sparsity constraint of each factor.", choices=PROJECTIONS)
+
+_SPECS = [
+    MethodSpec(
+        "dsf",
+        "Double Sparse Factorization: W ~ A B with both factors sparse (alternating ADMM).",
+        "optional",
+        {
+            "inner_dim": _INNER,
+            "split": Option(
+                float,
+                None,
+                "Fraction of the budget given to the factor on the smaller side of W; "
+                "default as the reference (square factor density 0.16, 0.25 if W is not square), "
+                "capped at half the budget when the density is low.",
+                low=0.0,
+                high=1.0,
+                low_open=True,
+                high_open=True,
+            ),
+            "n_rounds": Option(int, 40, "Outer alternation rounds (each solves A, then B).", low=1),
+            "admm_steps": Option(int, 5, "ADMM steps per sub-problem.", low=1),
+            "tol": Option(
+                float,
+                1e-4,
+                "Stop early once a round improves the relative error by less than this "
+                "(checked after the warm-start schedule has finished); 0 runs every round.",
+                low=0.0,
+            ),
+            "refit_steps": Option(
+                int, 20, "ADMM steps of the final refit of A against the full objective (whole Gram, or G = I data-free); 0: no refit.", low=0
+            ),
+        },
+        dsf.fit,
+    ),
+    MethodSpec(
+        "palm4msa",
+        "PALM4MSA: W ~ lambda S_1 ... S_Q with each factor sparse (proximal alternating "
+        "linearised minimisation).",
+        "no",
+        {
+            "n_factors": Option(int, 2, "Number of sparse factors Q.", low=2),
+            "projection": _PROJECTION,
+            "k": _PALM_K,
+            "factor_density": Option(
+                float,
+                None,
+                "Density of each factor (used with projection 'sp' instead of k).",
+                low=0.0,
+                high=1.0,
+                low_open=True,
+            ),
+            "inner_dim": _INNER,
+            "n_iter": Option(int, 300, "Maximum number of sweeps over the factors.", low=1),
+            "tol": Option(float, 1e-6, "Stop when the relative change of the error is below this.", low=0.0),
+        },
+        palm4msa.fit,
+    ),
+    MethodSpec(
+        "hierarchical",
+        "Hierarchical PALM4MSA: peel one sparse factor at a time, each split followed by a "
+        "global PALM4MSA pass (recovers butterfly factorizations such as Hadamard).",
+        "no",
+        {
+            "n_factors": Option(int, 2, "Number of sparse factors Q.", low=2),
+            "projection": _PROJECTION,
+            "k": _PALM_K,
+            "n_iter": Option(int, 100, "PALM4MSA iterations per split and per global pass.", low=1),
+            "tol": Option(float, 1e-10, "Stop a PALM4MSA pass when the relative change is below this.", low=0.0),
+        },
+        palm4msa.fit_hierarchical,
+    ),
+    MethodSpec(
+        "svd",
+        "Truncated SVD: the best rank-r approximation (activation-aware with a Gram matrix).",
+        "optional",
+        {"rank": Option(int, None, "Rank r; default: the largest r with r (m + n) <= budget.", low=1)},
+        svd.fit,
+    ),
+    MethodSpec(
+        "tt",
+        "Tensor-train matrix (TT-matrix) via tensorly, ranks chosen to fit the budget.",
+        "no",
+        {
+            "ranks": Option(
+                int,
+                None,
+                "Internal TT rank (same for every bond, clamped to each bond's maximal rank); "
+                "default: the largest that fits the budget.",
+                low=1,
+            ),
+            "n_cores": Option(
+                int,
+                None,
+                "Number of TT cores d; m and n are split into d balanced factors (a size with too "
+                "few prime factors gets modes of size 1); default 2.",
+                low=2,
+            ),
+        },
+        tt.fit,
+    ),
+    MethodSpec(
+        "magnitude",
+        "Magnitude pruning: keep the largest |W_ij| (scaled by sqrt(diag G) with a Gram matrix).",
+        "optional",
+        {},
+        pruning.fit_magnitude,
+    ),
+    MethodSpec(
+        "wanda",
+        "Wanda: in each output row keep the largest |W_ij| * sqrt(G_jj); no weight update "
+        "(per-row magnitude without a Gram matrix).",
+        "optional",
+        {},
+        pruning.fit_wanda,
+    ),
+]
+
+METHODS: Mapping[str, MethodSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
+
+
+def get_method(name) -> MethodSpec:
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a str; got {type(name).__name__}.")
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; expected one of {list(METHODS)}.")
+    return METHODS[name]

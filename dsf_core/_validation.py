@@ -1,0 +1,89 @@
+"""Checks at the public boundary: every message says what was expected and what was got."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+
+def check_weight(weight) -> torch.Tensor:
+    """Return ``weight`` read as an ``out x in`` matrix (a 4-D conv kernel is flattened)."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor; got {type(weight).__name__} instead.")
+    if weight.is_sparse or weight.layout != torch.strided:
+        raise TypeError(f"weight must be a dense (strided) tensor; got layout {weight.layout}.")
+    if not weight.is_floating_point():
+        raise TypeError(f"weight must have a floating-point dtype; got {weight.dtype}.")
+    if weight.ndim not in (2, 4):
+        raise ValueError(
+            "weight must be 2-D (out x in) or 4-D (a conv kernel out x in x kh x kw); "
+            f"got a {weight.ndim}-D tensor of shape {tuple(weight.shape)}."
+        )
+    if weight.numel() == 0:
+        raise ValueError(f"weight must not be empty; got shape {tuple(weight.shape)}.")
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError("weight contains NaN or Inf values; expected finite values only.")
+    return weight.reshape(weight.shape[0], -1)
+
+
+def check_gram(gram, n: int) -> torch.Tensor | None:
+    """Validate an optional ``n x n`` symmetric input Gram matrix."""
+    if gram is None:
+        return None
+    if not isinstance(gram, torch.Tensor):
+        raise TypeError(f"gram must be a torch.Tensor or None; got {type(gram).__name__} instead.")
+    if not gram.is_floating_point():
+        raise TypeError(f"gram must have a floating-point dtype; got {gram.dtype}.")
+    if tuple(gram.shape) != (n, n):
+        raise ValueError(
+            f"gram must be a {n} x {n} matrix (the weight has {n} input columns); "
+            f"got shape {tuple(gram.shape)}."
+        )
+    if not bool(torch.isfinite(gram).all()):
+        raise ValueError("gram contains NaN or Inf values; expected finite values only.")
+    scale = float(gram.abs().max())
+    asym = float((gram - gram.T).abs().max())
+    if asym > 1e-4 * max(scale, 1e-30):
+        raise ValueError(
+            f"gram must be symmetric; got max |G - G^T| = {asym:.3g} (max |G| = {scale:.3g})."
+        )
+    if float(gram.diagonal().min()) < 0:
+        raise ValueError("gram must be positive semi-definite; got a negative diagonal entry.")
+    return gram
+
+
+def check_density(density) -> float:
+    if isinstance(density, bool) or not isinstance(density, numbers.Real):
+        raise TypeError(f"density must be a real number in (0, 1]; got {density!r}.")
+    density = float(density)
+    if math.isnan(density) or not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in the range (0, 1]; got {density} instead.")
+    return density
+
+
+def check_device(device, default: torch.device) -> torch.device:
+    if device is None:
+        return default
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be like 'cpu' or 'cuda:0'; got {device!r}.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use 'cpu'.")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda'; got {device.type!r}.")
+    return device
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int; got {seed!r}.")
+    return int(seed)
+
+
+def check_callback(callback):
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None; got {type(callback).__name__}.")
+    return callback

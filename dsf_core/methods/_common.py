@@ -1,0 +1,98 @@
+"""What every method shares: the result it hands back, progress reporting, top-k masks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Fit:
+    """A solver's raw output. ``factors`` multiply in order to the approximation (``kind="product"``)
+    or are TT-matrix cores ``(r_prev, m_k, n_k, r_next)`` (``kind="tt"``)."""
+
+    factors: list[torch.Tensor]
+    sparse: list[bool]
+    kind: str = "product"
+    info: dict = field(default_factory=dict)
+
+
+class Progress:
+    """Records the objective per step and forwards it to the user's ``callback(step, objective)``;
+    the callback may return ``False`` to ask the solver to stop."""
+
+    def __init__(self, callback=None):
+        self.callback = callback
+        self.history: list[float] = []
+        self.stopped = False
+
+    def __call__(self, step: int, objective: float) -> bool:
+        """Report one step; return True if the solver should go on."""
+        objective = float(objective)
+        self.history.append(objective)
+        if self.callback is not None and self.callback(step, objective) is False:
+            self.stopped = True
+        return not self.stopped
+
+
+def budget_error(method: str, needed: int, budget: int, what: str, shape) -> ValueError:
+    """The error raised when a method's smallest (or requested) size does not fit the budget."""
+    m, n = shape
+    return ValueError(
+        f"Method {method!r} needs {needed} parameters for {what}, more than the budget of "
+        f"{budget} parameters (density x {m} x {n}); raise the density or lower the option."
+    )
+
+
+def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` largest entries of ``scores`` (ties broken arbitrarily, exactly k)."""
+    flat = scores.reshape(-1)
+    k = max(0, min(int(k), flat.numel()))
+    if k == 0 or k == flat.numel():
+        return torch.full_like(scores, k > 0, dtype=torch.bool)
+    threshold = kth_smallest(flat, flat.numel() - k)
+    mask = flat > threshold
+    deficit = k - int(mask.sum())
+    if deficit > 0:  # ties at the threshold: take just enough of them
+        ties = torch.nonzero(flat == threshold).squeeze(1)[:deficit]
+        mask[ties] = True
+    return mask.reshape(scores.shape)
+
+
+def kth_smallest(values: torch.Tensor, j: int, n_samples: int = 4096) -> torch.Tensor:
+    """The ``j``-th smallest (1-based) entry of a 1-D tensor, exactly.
+
+    A random sample brackets the answer; only the few entries inside the bracket go through
+    ``kthvalue``. Several times faster than a full ``kthvalue`` on large inputs.
+    """
+    size = values.numel()
+    if size <= 8 * n_samples:
+        return values.kthvalue(j).values
+    generator = torch.Generator(device=values.device).manual_seed(size + j)
+    picks = torch.randint(size, (n_samples,), generator=generator, device=values.device)
+    sample = values[picks]
+    q = j / size
+    margin = 4.0 * math.sqrt(q * (1.0 - q) / n_samples) + 2.0 / n_samples
+    lo = sample.kthvalue(max(int((q - margin) * n_samples), 1)).values
+    hi = sample.kthvalue(min(int((q + margin) * n_samples) + 2, n_samples)).values
+    below_mask = values <= lo
+    below = int(below_mask.sum())
+    window = values[(values <= hi) & ~below_mask]
+    if not below < j <= below + window.numel():  # the bracket missed: exact fallback
+        return values.kthvalue(j).values
+    return window.kthvalue(j - below).values
+
+
+def rowwise_topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask keeping the ``k`` largest entries of each row."""
+    k = max(0, min(int(k), scores.shape[1]))
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k > 0:
+        mask.scatter_(1, scores.topk(k, dim=1).indices, True)
+    return mask
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative method stopped before meeting its tolerance or met a numerical problem."""
