@@ -1,0 +1,47 @@
+"""Single-sparse baselines: magnitude pruning and Wanda (Sun et al. 2023). Kept weights keep their
+values (no update); the result is one sparse factor ``W * mask``.
+
+Both score ``|W_ij| * s_j`` with ``s_j = sqrt(G_jj)`` (``s = 1`` without a Gram matrix).
+Magnitude keeps the ``budget`` best scores of the whole matrix, Wanda the best of each output row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import Fit, rowwise_topk_mask, topk_mask
+
+
+def fit_magnitude(W, *, budget, gram, generator, progress):
+    """The ``budget`` best scores of the whole matrix."""
+    scores = _scores(W, gram)
+    return _pruned(W, scores, topk_mask(scores, budget), progress)
+
+
+def fit_wanda(W, *, budget, gram, generator, progress):
+    """``budget // m`` entries per row; the ``budget % m`` left over go, one each, to the rows whose
+    next-best score is highest (so exactly ``budget`` are kept, also when ``budget < m``)."""
+    scores = _scores(W, gram)
+    per_row, extra = divmod(budget, W.shape[0])
+    mask = rowwise_topk_mask(scores, per_row)
+    if extra:
+        next_best, column = scores.masked_fill(mask, -1.0).max(dim=1)
+        rows = topk_mask(next_best, extra)
+        mask[rows, column[rows]] = True
+    return _pruned(W, scores, mask, progress)
+
+
+def _scores(W: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
+    """``|W_ij| * sqrt(G_jj)``, or ``|W_ij|`` without a Gram matrix."""
+    if gram is None:
+        return W.abs()
+    return W.abs() * gram.diagonal().sqrt()
+
+
+def _pruned(W, scores, mask, progress) -> Fit:
+    """The fit keeping ``W`` on ``mask``; reports the relative error of the scores (that is, of
+    ``W diag(s)``, the objective the choice minimises)."""
+    dropped = scores.masked_fill(mask, 0).square().sum()
+    total = scores.square().sum().clamp_min(torch.finfo(W.dtype).tiny)
+    progress(0, float((dropped / total).sqrt()))
+    return Fit(factors=[torch.where(mask, W, 0)], sparse=[True])
