@@ -1,0 +1,181 @@
+"""Double Sparse Factorization (Boza & Macko, ICLR 2025): ``W ~ A B`` with both factors sparse.
+
+Alternating minimisation: fix one factor, solve the sparse least-squares problem for the other by
+a few ADMM steps, swap. Works on ``W' = W diag(s)`` with ``s = sqrt(diag G)`` when a Gram matrix is
+given, and finishes with a refit of ``A`` against the full activation-weighted objective.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._common import Fit, budget_error, topk_mask
+
+_MASK_STEPS = 2  # ADMM steps per sub-problem that may re-choose the support; later ones keep it
+_RIDGE = 1e-2  # ridge added to the normalised Gram of the fixed factor, times its mean diagonal
+
+
+@dataclass
+class _Sparse:
+    """One factor's ADMM state: the sparse iterate ``Z`` and the scaled dual ``U``."""
+
+    z: torch.Tensor
+    u: torch.Tensor
+    nnz: int
+
+
+def fit(
+    W,
+    *,
+    budget,
+    gram,
+    generator,
+    progress,
+    inner_dim,
+    split,
+    n_rounds,
+    admm_steps,
+    tol,
+    refit_steps,
+):
+    m, n = W.shape
+    r = inner_dim or min(m, n)
+    nnz_small, nnz_large = _split_budget(budget, m, n, r, split)
+    scale = _input_scale(gram, W)
+    target = W * scale  # W' = W diag(s)
+    target_norm = torch.linalg.norm(target)
+
+    # The "small" factor is the one along W's smaller side (square when r == min(m, n)).
+    # Work on the wide orientation: target ~ small (p x r) @ large (r x q), p <= q.
+    wide = target if m <= n else target.T
+    small, large = _initial_factors(wide, r, nnz_small, nnz_large)
+
+    history_best = math.inf
+    rounds_run = 0
+    for t in range(n_rounds):
+        rho0 = min(1.0, t / max(n_rounds - 3, 1)) ** 3
+        # small^T solves wide^T ~ large^T small^T; then large solves wide ~ small large.
+        small_t = _admm_solve(large.z.T, wide.T, _transposed(small), rho0, admm_steps)
+        small = _transposed(small_t)
+        large = _admm_solve(small.z, wide, large, rho0, admm_steps)
+        rounds_run = t + 1
+        objective = float(torch.linalg.norm(wide - small.z @ large.z) / target_norm)
+        if not progress(t, objective):
+            break
+        if tol > 0 and rho0 >= 1.0 and history_best - objective < tol * history_best:
+            break
+        history_best = min(history_best, objective)
+
+    a, b = (small.z, large.z) if m <= n else (large.z.T, small.z.T)
+    b = b / scale  # undo the importance scaling on the right factor
+    refitted = refit_steps > 0 and not progress.stopped
+    if refitted:
+        a = _refit_left(W, a, b, gram, refit_steps)
+    info = {
+        "inner_dim": r,
+        "nnz_budget": (nnz_small, nnz_large) if m <= n else (nnz_large, nnz_small),
+        "rounds": rounds_run,
+        "refitted": refitted,
+    }
+    return Fit(factors=[a, b], sparse=[True, True], info=info)
+
+
+def _split_budget(budget: int, m: int, n: int, r: int, split):
+    """Nonzeros for the small-side factor (``min(m,n) x r``) and the other one (``r x max(m,n)``)."""
+    side, other = min(m, n), max(m, n)
+    if budget < 2:
+        raise budget_error("dsf", 2, budget, "one nonzero in each factor", (m, n))
+    if split is None:
+        square_density = 0.16 if m == n else 0.25  # the reference's split
+        nnz_small = min(int(square_density * side * r), budget // 2)
+    else:
+        nnz_small = int(split * budget)
+    nnz_small = min(max(nnz_small, 1), side * r, budget - 1)
+    nnz_large = min(budget - nnz_small, r * other)
+    return nnz_small, nnz_large
+
+
+def _input_scale(gram, W):
+    """``s = sqrt(diag G)`` (ones when data-free), kept away from zero for dead inputs."""
+    if gram is None:
+        return torch.ones(W.shape[1], dtype=W.dtype, device=W.device)
+    s = gram.diagonal().clamp_min(0).sqrt()
+    return s.clamp_min(1e-8 * float(s.max()) + 1e-30)
+
+
+def _initial_factors(wide, r, nnz_small, nnz_large):
+    """Small factor = (rectangular) identity; large factor = magnitude pruning at half its budget."""
+    p, q = wide.shape
+    small = torch.eye(p, r, dtype=wide.dtype, device=wide.device)
+    rows = torch.zeros(r, q, dtype=wide.dtype, device=wide.device)
+    k = min(r, p)
+    rows[:k] = wide[:k]
+    large = rows * topk_mask(rows.abs(), max(nnz_large // 2, 1))
+    nnz_small_init = min(nnz_small, k)
+    small = small * topk_mask(small.abs(), nnz_small_init)
+    return (
+        _Sparse(small, torch.zeros_like(small), nnz_small),
+        _Sparse(large, torch.zeros_like(large), nnz_large),
+    )
+
+
+def _transposed(state: _Sparse) -> _Sparse:
+    return _Sparse(state.z.T, state.u.T, state.nnz)
+
+
+def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int) -> _Sparse:
+    """ADMM for ``min ||target - fixed @ X||^2`` s.t. ``nnz(X) <= state.nnz``, warm-started.
+
+    Columns of ``fixed`` are normalised (X's rows scaled to match) and a small ridge keeps the Gram
+    well conditioned. The first solve uses the warm-start penalty ``rho0``; the support is re-chosen
+    only in the first ``_MASK_STEPS`` steps, then frozen.
+    """
+    gram = fixed.T @ fixed
+    norms = gram.diagonal().sqrt() + 1e-8
+    gram = gram / norms[:, None] / norms[None, :]
+    gram.diagonal().add_(_RIDGE * float(gram.diagonal().mean()))
+    rhs = (fixed.T @ target) / norms[:, None]
+    z = state.z * norms[:, None]
+    u = state.u * norms[:, None]
+
+    # (G + rho I)^-1 for the ADMM penalty rho = 1 and the warm-start penalty rho0, in one batch.
+    shifts = torch.tensor([1.0, rho0], dtype=gram.dtype, device=gram.device)
+    shifted = gram + shifts[:, None, None] * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    inverses = torch.cholesky_inverse(torch.linalg.cholesky(shifted if rho0 != 1.0 else shifted[:1]))
+    inverse, inverse0 = inverses[0], inverses[-1]
+    x = inverse0 @ (rhs + rho0 * (z - u))
+
+    for step in range(steps):
+        v = x + u
+        if step < _MASK_STEPS:
+            mask = topk_mask(v.abs(), state.nnz)
+        u = v.masked_fill(mask, 0.0)  # new dual: u + x - z, zero on the support
+        if step < steps - 1:
+            x = inverse @ (rhs + v - 2.0 * u)  # rhs + z - u
+    z = v - u
+    return _Sparse(z / norms[:, None], u / norms[:, None], state.nnz)
+
+
+def _refit_left(W, a, b, gram, steps: int):
+    """Refit ``A``'s values on its support against ``tr((W - A B) G (W - A B)^T)`` (``G = I`` when
+    data-free), ``B`` fixed: ADMM on the frozen support."""
+    bg = b if gram is None else b @ gram
+    gram_b = bg @ b.T  # B G B^T
+    rhs = bg @ W.T  # B G W^T
+    norms = gram_b.diagonal().clamp_min(0).sqrt() + 1e-8
+    gram_b = gram_b / norms[:, None] / norms[None, :]
+    rhs = rhs / norms[:, None]
+    eye = torch.eye(gram_b.shape[0], dtype=gram_b.dtype, device=gram_b.device)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram_b + eye))
+    mask = a.T != 0
+    x, u = a.T * norms[:, None], torch.zeros_like(a.T)
+    z = x
+    for _ in range(steps):
+        v = x + u
+        z = v * mask
+        u = v - z
+        x = inverse @ (rhs + z - u)
+    return (z / norms[:, None]).T
