@@ -106,21 +106,27 @@ _SPECS = [
             "split": Option(
                 float,
                 None,
-                "Fraction of the budget given to the factor on the smaller side of W; "
-                "default as the reference (square factor density 0.16, 0.25 if W is not square), "
-                "capped at half the budget when the density is low.",
+                "Fraction of the budget given to the factor on the smaller side of W; default: "
+                "the larger of the reference's share (that factor at density 0.16, or 0.25 if W "
+                "is not square) and the share giving both factors equal density, at most 0.5.",
                 low=0.0,
                 high=1.0,
                 low_open=True,
                 high_open=True,
             ),
-            "n_rounds": Option(int, 40, "Outer alternation rounds (each solves A, then B).", low=1),
+            "n_rounds": Option(
+                int,
+                34,
+                "Outer alternation rounds (each solves A, then B); the warm-start schedule "
+                "spans them.",
+                low=1,
+            ),
             "admm_steps": Option(int, 5, "ADMM steps per sub-problem.", low=1),
             "tol": Option(
                 float,
-                1e-4,
-                "Stop early once a round improves the relative error by less than this "
-                "(checked after the warm-start schedule has finished); 0 runs every round.",
+                1e-3,
+                "Stop once a round improves the relative error by less than this fraction "
+                "(checked from the middle of the schedule on); 0 runs every round.",
                 low=0.0,
             ),
             "refit_steps": Option(
@@ -161,8 +167,19 @@ _SPECS = [
             "n_factors": Option(int, 2, "Number of sparse factors Q.", low=2),
             "projection": _PROJECTION,
             "k": _PALM_K,
-            "n_iter": Option(int, 100, "PALM4MSA iterations per split and per global pass.", low=1),
-            "tol": Option(float, 1e-10, "Stop a PALM4MSA pass when the relative change is below this.", low=0.0),
+            "n_iter": Option(
+                int,
+                300,
+                "Maximum PALM4MSA sweeps per split and per global pass (a pass also stops once "
+                "its error is at rounding level).",
+                low=1,
+            ),
+            "tol": Option(
+                float,
+                1e-6,
+                "Stop a PALM4MSA pass when the relative change of its error is below this.",
+                low=0.0,
+            ),
         },
         palm4msa.fit_hierarchical,
     ),
