@@ -53,7 +53,7 @@ def fit(
     wide = target if m <= n else target.T
     small, large = _initial_factors(wide, r, nnz_small, nnz_large)
 
-    history_best = math.inf
+    previous = math.inf
     rounds_run = 0
     for t in range(n_rounds):
         rho0 = min(1.0, t / max(n_rounds - 3, 1)) ** 3
@@ -65,9 +65,10 @@ def fit(
         objective = float(torch.linalg.norm(wide - small.z @ large.z) / target_norm)
         if not progress(t, objective):
             break
-        if tol > 0 and rho0 >= 1.0 and history_best - objective < tol * history_best:
+        # Late rounds start near the previous sparse iterate and barely move: stop on a plateau.
+        if tol > 0 and t >= n_rounds // 2 and previous - objective < tol * previous:
             break
-        history_best = min(history_best, objective)
+        previous = objective
 
     a, b = (small.z, large.z) if m <= n else (large.z.T, small.z.T)
     b = b / scale  # undo the importance scaling on the right factor
@@ -84,16 +85,20 @@ def fit(
 
 
 def _split_budget(budget: int, m: int, n: int, r: int, split):
-    """Nonzeros for the small-side factor (``min(m,n) x r``) and the other one (``r x max(m,n)``)."""
+    """Nonzeros for the small-side factor (``min(m,n) x r``) and the other one (``r x max(m,n)``).
+
+    Default: the larger of the reference's share (square-factor density 0.16, or 0.25 when W is not
+    square) and the share that gives both factors the same density, at most half the budget.
+    Measured on MiniLM and synthetic matrices, this beats the reference's fixed split at density
+    0.5, matches it at 0.25, and stays feasible at any density.
+    """
     side, other = min(m, n), max(m, n)
     if budget < 2:
         raise budget_error("dsf", 2, budget, "one nonzero in each factor", (m, n))
     if split is None:
-        square_density = 0.16 if m == n else 0.25  # the reference's split
-        nnz_small = min(int(square_density * side * r), budget // 2)
-    else:
-        nnz_small = int(split * budget)
-    nnz_small = min(max(nnz_small, 1), side * r, budget - 1)
+        square_density = 0.16 if m == n else 0.25
+        split = min(max(square_density * side * r / budget, side / (side + other)), 0.5)
+    nnz_small = min(max(int(split * budget), 1), side * r, budget - 1)
     nnz_large = min(budget - nnz_small, r * other)
     return nnz_small, nnz_large
 
@@ -151,8 +156,8 @@ def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int) -> _Spar
     for step in range(steps):
         v = x + u
         if step < _MASK_STEPS:
-            mask = topk_mask(v.abs(), state.nnz)
-        u = v.masked_fill(mask, 0.0)  # new dual: u + x - z, zero on the support
+            off_support = (~topk_mask(v.abs(), state.nnz)).to(v.dtype)
+        u = v * off_support  # new dual: u + x - z, zero on the support
         if step < steps - 1:
             x = inverse @ (rhs + v - 2.0 * u)  # rhs + z - u
     z = v - u
