@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
@@ -53,6 +54,13 @@ def factorize(
     dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
     work = matrix.to(device=device, dtype=dtype, copy=True)
     work_gram = None if gram is None else gram.to(device=device, dtype=dtype, copy=True)
+    # Every method is equivariant to the weight's scale and invariant to the Gram's: solve at unit
+    # scale, so that no input can overflow or underflow inside a solver, and scale back at the end.
+    # Powers of two keep the scaling exact (pruned weights keep their values bit for bit).
+    peak = _power_of_two_near(float(work.abs().max()))
+    work /= peak
+    if work_gram is not None:
+        work_gram /= _power_of_two_near(float(work_gram.diagonal().max()))
     m, n = work.shape
     budget = int(density * m * n + 1e-9)
     if budget < 1:
@@ -69,10 +77,12 @@ def factorize(
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
 
+    factors = list(fit.factors)
+    factors[0] = factors[0] * peak
     result = Factorization(
         method=method,
         options=resolved,
-        factors=fit.factors,
+        factors=factors,
         sparse=fit.sparse,
         kind=fit.kind,
         weight_shape=tuple(weight.shape),
@@ -85,3 +95,8 @@ def factorize(
             f"internal error: {method!r} stored {result.n_params} parameters, over the budget {budget}."
         )
     return result
+
+
+def _power_of_two_near(value: float) -> float:
+    """A power of two in ``(value, 2 * value]`` (1 for 0)."""
+    return math.ldexp(1.0, math.frexp(value)[1]) if value > 0 else 1.0

@@ -6,17 +6,19 @@ import torch
 
 
 def relative_error(weight: torch.Tensor, approx: torch.Tensor) -> float:
-    """``||W - W_hat||_F / ||W||_F`` (both read as matrices)."""
-    weight = weight.reshape(weight.shape[0], -1)
-    diff = weight - approx.reshape(weight.shape).to(weight.dtype)
+    """``||W - W_hat||_F / ||W||_F`` (both read as matrices; computed in float64, so that squares
+    of very large or very small weights neither overflow nor underflow)."""
+    weight = weight.reshape(weight.shape[0], -1).double()
+    diff = weight - approx.reshape(weight.shape).double()
     return float(torch.linalg.norm(diff) / torch.linalg.norm(weight))
 
 
 def weighted_relative_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor) -> float:
-    """``sqrt(tr(D G D^T) / tr(W G W^T))`` with ``D = W - W_hat``: the output error on inputs of Gram G."""
-    weight = weight.reshape(weight.shape[0], -1)
-    gram = gram.to(weight.dtype)
-    diff = weight - approx.reshape(weight.shape).to(weight.dtype)
+    """``sqrt(tr(D G D^T) / tr(W G W^T))`` with ``D = W - W_hat``: the output error on inputs of Gram G
+    (computed in float64)."""
+    weight = weight.reshape(weight.shape[0], -1).double()
+    gram = gram.double()
+    diff = weight - approx.reshape(weight.shape).double()
     num = ((diff @ gram) * diff).sum().clamp_min(0)
     den = ((weight @ gram) * weight).sum()
     return float(torch.sqrt(num / den))

@@ -51,6 +51,8 @@ def check_gram(gram, n: int) -> torch.Tensor | None:
         )
     if float(gram.diagonal().min()) < 0:
         raise ValueError("gram must be positive semi-definite; got a negative diagonal entry.")
+    if float(gram.diagonal().max()) == 0.0:
+        raise ValueError("gram is all zeros (no input signal); expected a Gram matrix with a positive diagonal.")
     return gram
 
 

@@ -1,6 +1,7 @@
 """The contract every method shares: budget, result type, modules, devices, bad input."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -78,6 +79,25 @@ def test_inputs_are_never_modified(method):
 def test_float64_stays_float64(method):
     result = factorize(_matrix(dtype=torch.float64), method, density=0.5)
     assert all(f.dtype == torch.float64 for f in result.factors)
+
+
+@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("factor", [1e-30, 1e30])
+def test_extreme_scales_neither_crash_nor_change_the_error(method, factor):
+    W, gram = _matrix(), _gram_for(method, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaled = factorize(W * factor, method, density=0.5, gram=None if gram is None else gram * factor)
+    plain = factorize(W, method, density=0.5, gram=gram)
+    assert scaled.error(W * factor, None if gram is None else gram * factor) == pytest.approx(
+        plain.error(W, gram), rel=1e-3, abs=1e-6
+    )
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_all_zero_weight_gives_a_zero_approximation(method):
+    result = factorize(torch.zeros(8, 12), method, density=0.5)
+    assert result.n_params <= 48 and not result.to_matrix().any()
 
 
 def test_half_precision_is_computed_in_float32():
@@ -164,6 +184,7 @@ BAD_INPUTS = [
     (dict(gram=torch.triu(torch.ones(32, 32))), ValueError, "gram must be symmetric"),
     (dict(gram=torch.full((32, 32), float("nan"))), ValueError, "gram contains NaN or Inf"),
     (dict(gram=-torch.eye(32)), ValueError, "positive semi-definite"),
+    (dict(gram=torch.zeros(32, 32)), ValueError, "gram is all zeros"),
     (dict(method="qr"), ValueError, "Unknown method 'qr'; expected one of"),
     (dict(method="svd", rank2=3), TypeError, r"Unknown option\(s\) \['rank2'\] for method 'svd'"),
     (dict(method="svd", rank=0), ValueError, r"'rank' of method 'svd' must be in the range \[1, inf\)"),

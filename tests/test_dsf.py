@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dsf_core import factorize
+from dsf_core import ConvergenceWarning, factorize
 from dsf_core.examples import minilm_weight, synthetic_matrix
 
 
@@ -98,3 +98,22 @@ def test_conv_kernel_is_factorized_as_a_matrix():
     result = factorize(kernel, "dsf", density=0.4)
     assert result.shape == (16, 72) and result.to_dense().shape == kernel.shape
     assert result.error(kernel) < factorize(kernel, "magnitude", density=0.4).error(kernel)
+
+
+def test_numerical_failure_warns_and_keeps_the_last_good_round(monkeypatch):
+    from dsf_core.methods import dsf as dsf_module
+
+    solve, calls = dsf_module._admm_solve, []
+
+    def failing_from_round_three(*args):
+        calls.append(1)
+        if len(calls) > 6:  # two sub-problems per round
+            raise torch.linalg.LinAlgError("not positive-definite")
+        return solve(*args)
+
+    monkeypatch.setattr(dsf_module, "_admm_solve", failing_from_round_three)
+    W, _ = synthetic_matrix(32, 48)
+    with pytest.warns(ConvergenceWarning, match="numerical failure in round 3"):
+        result = factorize(W, "dsf", density=0.5)
+    assert result.info["rounds"] == 3 and len(result.history) == 3
+    assert result.error(W) < factorize(W, "magnitude", density=0.5).error(W)

@@ -8,11 +8,12 @@ given, and finishes with a refit of ``A`` against the full activation-weighted o
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 
-from ._common import Fit, budget_error, topk_mask
+from ._common import ConvergenceWarning, Fit, budget_error, topk_mask
 
 _MASK_STEPS = 2  # ADMM steps per sub-problem that may re-choose the support; later ones keep it
 _RIDGE = 1e-2  # ridge added to the normalised Gram of the fixed factor, times its mean diagonal
@@ -46,23 +47,37 @@ def fit(
     nnz_small, nnz_large = _split_budget(budget, m, n, r, split)
     scale = _input_scale(gram, W)
     target = W * scale  # W' = W diag(s)
-    target_norm = torch.linalg.norm(target)
+    info = {"inner_dim": r, "nnz_budget": (nnz_small, nnz_large) if m <= n else (nnz_large, nnz_small)}
+    if not target.any():  # nothing to approximate
+        progress(0, 0.0)
+        zeros = [W.new_zeros(m, r), W.new_zeros(r, n)]
+        return Fit(factors=zeros, sparse=[True, True], info={**info, "rounds": 0, "refitted": False})
 
     # The "small" factor is the one along W's smaller side (square when r == min(m, n)).
-    # Work on the wide orientation: target ~ small (p x r) @ large (r x q), p <= q.
+    # Work on the wide orientation: wide ~ small (p x r) @ large (r x q), p <= q.
     wide = target if m <= n else target.T
+    wide_norm = torch.linalg.norm(wide)
     small, large = _initial_factors(wide, r, nnz_small, nnz_large)
 
     previous = math.inf
     rounds_run = 0
     for t in range(n_rounds):
         rho0 = min(1.0, t / max(n_rounds - 3, 1)) ** 3
-        # small^T solves wide^T ~ large^T small^T; then large solves wide ~ small large.
-        small_t = _admm_solve(large.z.T, wide.T, _transposed(small), rho0, admm_steps)
-        small = _transposed(small_t)
-        large = _admm_solve(small.z, wide, large, rho0, admm_steps)
-        rounds_run = t + 1
-        objective = float(torch.linalg.norm(wide - small.z @ large.z) / target_norm)
+        try:
+            # small^T solves wide^T ~ large^T small^T; then large solves wide ~ small large.
+            new_small = _transposed(_admm_solve(large.z.T, wide.T, _transposed(small), rho0, admm_steps))
+            new_large = _admm_solve(new_small.z, wide, large, rho0, admm_steps)
+            objective = float(torch.linalg.norm(wide - new_small.z @ new_large.z) / wide_norm)
+        except torch.linalg.LinAlgError:
+            objective = math.nan
+        if not math.isfinite(objective):
+            warnings.warn(
+                f"DSF met a numerical failure in round {t}; returning the factors of round {t - 1}.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+            break
+        small, large, rounds_run = new_small, new_large, t + 1
         if not progress(t, objective):
             break
         # Late rounds start near the previous sparse iterate and barely move: stop on a plateau.
@@ -75,12 +90,7 @@ def fit(
     refitted = refit_steps > 0 and not progress.stopped
     if refitted:
         a = _refit_left(W, a, b, gram, refit_steps)
-    info = {
-        "inner_dim": r,
-        "nnz_budget": (nnz_small, nnz_large) if m <= n else (nnz_large, nnz_small),
-        "rounds": rounds_run,
-        "refitted": refitted,
-    }
+    info.update(rounds=rounds_run, refitted=refitted)
     return Fit(factors=[a, b], sparse=[True, True], info=info)
 
 
@@ -104,11 +114,12 @@ def _split_budget(budget: int, m: int, n: int, r: int, split):
 
 
 def _input_scale(gram, W):
-    """``s = sqrt(diag G)`` (ones when data-free), kept away from zero for dead inputs."""
+    """``s = sqrt(diag G)`` divided by its maximum (ones when data-free), kept away from zero for
+    dead inputs. A common factor of ``s`` changes nothing, so it is dropped to avoid overflow."""
     if gram is None:
         return torch.ones(W.shape[1], dtype=W.dtype, device=W.device)
     s = gram.diagonal().clamp_min(0).sqrt()
-    return s.clamp_min(1e-8 * float(s.max()) + 1e-30)
+    return (s / s.max()).clamp_min(1e-8)
 
 
 def _initial_factors(wide, r, nnz_small, nnz_large):
@@ -141,7 +152,7 @@ def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int) -> _Spar
     gram = fixed.T @ fixed
     norms = gram.diagonal().sqrt() + 1e-8
     gram = gram / norms[:, None] / norms[None, :]
-    gram.diagonal().add_(_RIDGE * float(gram.diagonal().mean()))
+    gram.diagonal().add_(_RIDGE * max(float(gram.diagonal().mean()), 1e-3))
     rhs = (fixed.T @ target) / norms[:, None]
     z = state.z * norms[:, None]
     u = state.u * norms[:, None]

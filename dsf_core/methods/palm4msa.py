@@ -11,6 +11,7 @@ constraint tightens geometrically, each split followed by a global pass over all
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ class _Constraint:
         if not self.keeps_all(*S.shape):
             S = S * _support(S.abs(), self.projection, self.count)
         norm = torch.linalg.norm(S)
-        return S / norm if norm > 0 else S
+        return S.div_(norm) if norm > 0 else S
 
 
 def _support(scores: torch.Tensor, projection: str, count: int) -> torch.Tensor:
@@ -84,7 +85,7 @@ def _topk_along(scores: torch.Tensor, k: int, *, dim: int) -> torch.Tensor:
         return torch.ones_like(scores, dtype=torch.bool)
     threshold = _kth_largest(scores, k, dim=dim)
     kept = scores >= threshold
-    if int(kept.sum()) == k * scores.shape[1 - dim]:  # no ties at the threshold
+    if int(kept.count_nonzero()) == k * scores.shape[1 - dim]:  # no ties at the threshold
         return kept
     above = scores > threshold
     ties = scores == threshold
@@ -156,30 +157,65 @@ def _choose_k(shapes, projection, k, density, *, budget, method, weight_shape) -
     return low
 
 
-def _operand(S: torch.Tensor, max_nnz: int) -> torch.Tensor:
-    """``S`` as a multiplier: a sparse (COO) copy on CPU when it holds at most ``max_nnz``
-    nonzeros and that is sparse enough to beat a dense product, else ``S`` itself."""
+def _coo(S: torch.Tensor) -> torch.Tensor:
+    """A coalesced COO copy of the dense CPU matrix ``S`` (faster than ``to_sparse``)."""
+    S = S.contiguous()
+    flat = torch.from_numpy(np.flatnonzero((S != 0).numpy()))
+    rows = flat // S.shape[1]
+    index = torch.stack([rows, flat - rows * S.shape[1]])
+    values = S.reshape(-1)[flat]
+    return torch.sparse_coo_tensor(
+        index, values, S.shape, is_coalesced=True, check_invariants=False
+    )
+
+
+class _Sparse:
+    """A sparse CPU factor: its dense form and, made on first use, a COO copy. Its transpose
+    keeps a COO copy of its own, since ``torch.sparse.mm`` re-sorts a transposed COO at every call."""
+
+    def __init__(self, dense: torch.Tensor, transpose: _Sparse | None = None):
+        self.dense = dense
+        self._transpose = transpose
+
+    @functools.cached_property
+    def coo(self) -> torch.Tensor:
+        return _coo(self.dense)
+
+    @property
+    def T(self) -> _Sparse:
+        if self._transpose is None:
+            self._transpose = _Sparse(self.dense.T, self)
+        return self._transpose
+
+
+def _operand(S: torch.Tensor, max_nnz: int) -> torch.Tensor | _Sparse:
+    """``S`` as a multiplier: sparse on CPU when it holds at most ``max_nnz`` nonzeros and that
+    is sparse enough to beat a dense product, else ``S`` itself."""
     large = S.numel() >= _SPARSE_SIZE
     if S.device.type == "cpu" and large and max_nnz <= _SPARSE_DENSITY * S.numel():
-        return S.to_sparse()
+        return _Sparse(S)
     return S
 
 
-def _times(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    """``a @ b`` where ``None`` stands for an identity and either side may be sparse (COO); the
-    product of two matrices is dense."""
+def _dense(a: torch.Tensor | _Sparse) -> torch.Tensor:
+    return a.dense if isinstance(a, _Sparse) else a
+
+
+def _times(a, b):
+    """``a @ b`` where ``None`` stands for an identity and either side may be ``_Sparse``; the
+    product of two matrices is a dense tensor."""
     if a is None:
         return b
     if b is None:
         return a
-    if a.is_sparse:
-        return torch.sparse.mm(a, b.to_dense() if b.is_sparse else b)
-    if b.is_sparse:
-        return torch.sparse.mm(b.t(), a.t().contiguous()).t()
+    if isinstance(a, _Sparse):  # sparse.mm is very slow on a non-contiguous dense operand
+        return torch.sparse.mm(a.coo, _dense(b).contiguous())
+    if isinstance(b, _Sparse):
+        return torch.sparse.mm(b.T.coo, a.T.contiguous()).T
     return a @ b
 
 
-def _transpose(a: torch.Tensor | None) -> torch.Tensor | None:
+def _transpose(a):
     return None if a is None else a.T
 
 
@@ -208,6 +244,7 @@ class _Palm:
     generator: torch.Generator
     right_to_left: bool = False
     product: torch.Tensor | None = None  # S_1 ... S_Q, kept between sweeps
+    residual: torch.Tensor | None = None  # lambda S_1 ... S_Q - target, kept between sweeps
     vectors: dict = field(default_factory=dict)
     operands: list = field(init=False)  # the factors as multipliers (see _operand)
 
@@ -223,13 +260,14 @@ class _Palm:
         """``||A||_2^2`` by power iteration on ``A^T A``, warm-started from the last ``key`` call."""
         if A is None:
             return 1.0
+        A = _dense(A)  # dense matrix-vector products are the fastest
         v = self.vectors.get(key)
         if v is None:
             v = torch.randn(A.shape[1], generator=self.generator, device=A.device, dtype=A.dtype)
             v = v / torch.linalg.norm(v)
         estimate = 0.0
         for _ in range(_POWER_MAX_STEPS):
-            w = _times(_transpose(A), _times(A, v[:, None]))[:, 0]
+            w = (A.T @ (A @ v[:, None]))[:, 0]
             previous, estimate = estimate, float(torch.linalg.norm(w))
             if estimate == 0.0:
                 break
@@ -239,10 +277,13 @@ class _Palm:
         self.vectors[key] = v
         return estimate
 
-    def step(self, j: int, left, right, product) -> None:
-        """One projected gradient step on factor ``j``; ``product`` is the current ``S_1...S_Q``."""
+    def misfit(self, product: torch.Tensor) -> torch.Tensor:
+        """``lambda P - target`` for the product ``P``."""
+        return product.mul(self.lam).sub_(self.target)
+
+    def step(self, j: int, left, right, residual) -> None:
+        """One projected gradient step on factor ``j``; ``residual`` is the current misfit."""
         lam = self.lam
-        residual = lam * product - self.target
         grad = _times(_times(_transpose(left), residual), _transpose(right))
         c = _STEP_MARGIN * lam**2 * self.sq_norm(("L", j), left) * self.sq_norm(("R", j), right)
         if c > 0:
@@ -262,18 +303,22 @@ class _Palm:
             for j in range(q - 2, -1, -1):
                 fixed[j] = _times(ops[j + 1], fixed[j + 1])  # S_{j+1} ... S_Q
         product = self.product if self.product is not None else _chain(S)
+        residual = self.residual if self.residual is not None else self.misfit(product)
         moving = None  # the product of the factors already updated
         for j in range(q - 1, -1, -1) if self.right_to_left else range(q):
+            if moving is not None:
+                residual = self.misfit(product)
             if self.right_to_left:
-                self.step(j, fixed[j], moving, product)
-                moving = S[j] if moving is None else _times(ops[j], moving)
+                self.step(j, fixed[j], moving, residual)
+                moving = ops[j] if moving is None else _times(ops[j], moving)
                 product = _times(fixed[j], moving)
             else:
-                self.step(j, moving, fixed[j], product)
-                moving = S[j] if moving is None else _times(moving, ops[j])
+                self.step(j, moving, fixed[j], residual)
+                moving = ops[j] if moving is None else _times(moving, ops[j])
                 product = _times(moving, fixed[j])
         self.product = product
         self.lam = _best_scale(self.target, product, self.lam)
+        self.residual = self.misfit(product)  # the error, and the first residual of the next sweep
 
     def run(self, *, n_iter: int, tol: float, report) -> bool:
         """Sweep up to ``n_iter`` times, until the relative change of the error is at most ``tol``
@@ -285,16 +330,16 @@ class _Palm:
         if norm == 0:  # nothing to fit
             return True
         for _ in range(n_iter):
-            kept = (list(self.factors), list(self.operands), self.lam, self.product)
+            kept = (list(self.factors), list(self.operands), self.lam, self.product, self.residual)
             self.sweep()
-            error = float(torch.linalg.norm(self.lam * self.product - self.target)) / norm
+            error = float(torch.linalg.norm(self.residual)) / norm
             if not math.isfinite(error):
                 warnings.warn(
                     "PALM4MSA met a non-finite value; keeping the factors of the sweep before.",
                     ConvergenceWarning,
                     stacklevel=2,
                 )
-                self.factors[:], self.operands[:], self.lam, self.product = kept
+                self.factors[:], self.operands[:], self.lam, self.product, self.residual = kept
                 return True
             if report(error) is False:
                 return False
