@@ -116,4 +116,6 @@ def test_numerical_failure_warns_and_keeps_the_last_good_round(monkeypatch):
     with pytest.warns(ConvergenceWarning, match="numerical failure in round 3"):
         result = factorize(W, "dsf", density=0.5)
     assert result.info["rounds"] == 3 and len(result.history) == 3
-    assert result.error(W) < factorize(W, "magnitude", density=0.5).error(W)
+    assert all(bool(torch.isfinite(f).all()) for f in result.factors)
+    assert result.n_params <= result.info["budget"]
+    assert result.error(W) <= result.history[-1] + 1e-4  # round 3's factors (refit only helps)
