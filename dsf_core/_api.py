@@ -37,7 +37,10 @@ def factorize(
     ``weight`` is 2-D (``out x in``) or a 4-D conv kernel (read as ``out x in*kh*kw``); ``gram`` is
     an optional ``in x in`` input Gram matrix for activation-aware methods; ``callback(step,
     objective)`` is called during the work and may return ``False`` to stop early. Method options
-    are listed in ``METHODS[method].options``. The input tensors are never modified.
+    are listed in ``METHODS[method].options``. The work runs on ``device`` (default: the weight's),
+    where the result's factors stay; ``seed`` fixes the random starts of methods that have them
+    (PALM4MSA's power iterations), the others are deterministic. The input tensors are never
+    modified.
     """
     spec = get_method(method)
     matrix = check_weight(weight)

@@ -170,8 +170,8 @@ def _coo(S: torch.Tensor) -> torch.Tensor:
 
 
 class _Sparse:
-    """A sparse CPU factor: its dense form and, made on first use, a COO copy. Its transpose
-    keeps a COO copy of its own, since ``torch.sparse.mm`` re-sorts a transposed COO at every call."""
+    """A sparse CPU factor: its dense form and, made on first use, a COO copy. Its transpose keeps
+    a COO copy of its own (``torch.sparse.mm`` re-sorts a transposed COO at every call)."""
 
     def __init__(self, dense: torch.Tensor, transpose: _Sparse | None = None):
         self.dense = dense
