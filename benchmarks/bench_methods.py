@@ -93,11 +93,12 @@ def bench_dsf(device, quick):
     )
 
 
-def bench_methods_on(W, title, density, device):
+def bench_methods_on(W, title, density, device, preset=None):
     rows = []
-    for method in dsf_core.METHODS:
-        result, seconds, gap = timed(W, method, device, density=density)
-        rows.append([method, result.n_params, f"{result.density:.3f}", f"{result.error(W):.4f}",
+    for method, spec in dsf_core.METHODS.items():
+        options = spec.presets.get(preset, {}) if preset else {}
+        result, seconds, gap = timed(W, method, device, density=density, **options)
+        rows.append([method + (f" ({preset})" if options else ""), result.n_params, f"{result.density:.3f}", f"{result.error(W):.4f}",
                      f"{seconds:.2f}", f"{gap:.3f}", result.n_bytes, result.flops])
     print_table(title, ["method", "params", "density", "error", "seconds", "max callback gap s",
                         "bytes (CSR)", "FLOPs/matvec"], rows)
@@ -155,7 +156,9 @@ def main():
 
     bench_dsf(device, args.quick)
     W512, _ = synthetic_matrix(512, 512)
-    bench_methods_on(W512, "Every method on a 512x512 matrix, density 0.25 (target <= 1 s each)", 0.25, device)
+    bench_methods_on(W512, "Every method on a 512x512 matrix, density 0.25, defaults", 0.25, device)
+    bench_methods_on(W512, "Every method on a 512x512 matrix, density 0.25, 'quick' presets (target <= 1 s)",
+                     0.25, device, preset="quick")
     bench_methods_on(minilm_weight("attention.self.query"),
                      "Every method on MiniLM query 384x384, density 0.18", 0.18, device)
     bench_palm4msa(device)

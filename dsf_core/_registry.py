@@ -69,6 +69,9 @@ class MethodSpec:
     uses_gram: str  # "no", "optional" (activation-aware when given)
     options: Mapping[str, Option]
     fit: Callable = field(repr=False)
+    # Named option sets, e.g. "quick": about 1 s on a 512 x 512 matrix on 2 CPU cores, for live
+    # previews; the defaults are the papers' quality settings.
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict:
         """Defaults overlaid with the given options, each checked."""
@@ -134,6 +137,7 @@ _SPECS = [
             ),
         },
         dsf.fit,
+        presets={"quick": {"n_rounds": 18}},
     ),
     MethodSpec(
         "palm4msa",
@@ -157,6 +161,7 @@ _SPECS = [
             "tol": Option(float, 1e-6, "Stop when the relative change of the error is below this.", low=0.0),
         },
         palm4msa.fit,
+        presets={"quick": {"n_iter": 60}},
     ),
     MethodSpec(
         "hierarchical",
@@ -182,6 +187,7 @@ _SPECS = [
             ),
         },
         palm4msa.fit_hierarchical,
+        presets={"quick": {"n_iter": 30}},
     ),
     MethodSpec(
         "svd",

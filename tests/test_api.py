@@ -165,6 +165,17 @@ def test_registry_is_self_consistent():
         assert set(defaults) == set(spec.options)
         for option_name, option in spec.options.items():
             assert option.help, (name, option_name)
+        for preset in spec.presets.values():
+            spec.resolve_options(preset)  # every preset is a valid set of options
+
+
+@pytest.mark.parametrize("method", [m for m in ALL if METHODS[m].presets])
+def test_quick_preset_does_less_work_at_a_modest_cost(method):
+    W = _matrix(48, 64)
+    full = factorize(W, method, density=0.4)
+    quick = factorize(W, method, density=0.4, **METHODS[method].presets["quick"])
+    assert len(quick.history) < len(full.history)
+    assert quick.error(W) < 1.25 * full.error(W)
 
 
 BAD_INPUTS = [
