@@ -1,0 +1,120 @@
+"""Layers, calibration Grams and whole-model compression on small models the tests build."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _small_models import cnn_bundle, gpt2_bundle
+from dsf_core.calibration import collect_grams
+from dsf_core.compress import compress_model
+from dsf_core.layers import list_layers, select_layers, weight_matrix
+
+
+def test_layers_are_listed_with_matrix_shapes():
+    layers = {layer.name: layer for layer in list_layers(cnn_bundle().model)}
+    assert list(layers) == ["conv1", "conv2", "fc1", "fc2"]  # the grouped conv is left out
+    assert layers["conv2"].type == "Conv2d" and layers["conv2"].shape == (16, 72)
+    assert layers["conv2"].weight_shape == (16, 8, 3, 3) and layers["conv2"].n_params == 16 * 72 + 16
+    assert layers["fc1"].shape == (32, 576)
+
+
+def test_transformers_conv1d_is_read_as_out_by_in():
+    model = gpt2_bundle().model
+    layers = {layer.name: layer for layer in list_layers(model)}
+    attn = layers["transformer.h.0.attn.c_attn"]
+    assert attn.type == "Conv1D" and attn.shape == (96, 32)
+    x = torch.randn(5, 32)
+    module = model.get_submodule("transformer.h.0.attn.c_attn")
+    torch.testing.assert_close(module(x), x @ weight_matrix(module).T + module.bias)
+
+
+def test_layer_patterns_select_and_bad_patterns_say_what_exists():
+    model = cnn_bundle().model
+    assert [layer.name for layer in select_layers(model, "conv*, fc2")] == ["conv1", "conv2", "fc2"]
+    with pytest.raises(ValueError, match="No factorizable layer matches 'attn.*'.*conv1"):
+        select_layers(model, "attn.*")
+
+
+def test_conv_gram_predicts_output_energy_for_any_kernel():
+    bundle = cnn_bundle()
+    batches = bundle.calibration_inputs(64)
+    gram = collect_grams(bundle.model, bundle.forward, batches, ["conv2"], damp=0.0)["conv2"]
+    conv = bundle.model.conv2
+    W = torch.randn(5, 72)
+    with torch.no_grad():
+        inputs = [F.relu(bundle.model.conv1(b)) for b in batches]
+        outputs = [F.conv2d(x, W.reshape(5, 8, 3, 3), None, conv.stride, conv.padding, conv.dilation) for x in inputs]
+    rows = sum(o.shape[0] * o.shape[2] * o.shape[3] for o in outputs)
+    energy = sum(float(o.square().sum()) for o in outputs) / rows
+    assert float(torch.trace(W @ gram @ W.T)) == pytest.approx(energy, rel=1e-4)
+
+
+def test_linear_gram_is_the_mean_outer_product_and_damping_adds_to_the_diagonal():
+    bundle = gpt2_bundle()
+    batches = bundle.calibration_inputs(16)
+    name = "transformer.h.1.mlp.c_proj"
+    captured = []
+    handle = bundle.model.get_submodule(name).register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    grams = {d: collect_grams(bundle.model, bundle.forward, batches, [name], damp=d)[name] for d in (0.0, 0.01)}
+    handle.remove()
+    X = torch.cat([c.reshape(-1, c.shape[-1]) for c in captured[: len(batches)]]).double()
+    torch.testing.assert_close(grams[0.0], (X.T @ X / X.shape[0]).float(), rtol=1e-4, atol=1e-5)
+    extra = grams[0.01] - grams[0.0]
+    torch.testing.assert_close(extra, torch.eye(128) * 0.01 * float(grams[0.0].diagonal().mean()))
+
+
+def _dense_twin(bundle, result):
+    """A copy of the original model whose compressed layers carry the dense approximations."""
+    twin = copy.deepcopy(bundle.model)
+    for name, factorization in result.factorizations.items():
+        module = twin.get_submodule(name)
+        dense = factorization.to_matrix()
+        dense = (dense.T if type(module).__name__ == "Conv1D" else dense).reshape(module.weight.shape)
+        module.weight = torch.nn.Parameter(dense)  # a new tensor: GPT-2 ties lm_head to the embedding
+    return twin
+
+
+@pytest.mark.parametrize("make_bundle", [cnn_bundle, gpt2_bundle])
+@pytest.mark.parametrize("method, sequential", [("dsf", True), ("dsf", False), ("svd", True), ("palm4msa", True)])
+def test_compressed_model_computes_through_its_factors(make_bundle, method, sequential):
+    bundle = make_bundle()
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    result = compress_model(bundle, method, 0.5, calibration=32, sequential=sequential, n_iter=20) if method == "palm4msa" \
+        else compress_model(bundle, method, 0.5, calibration=32, sequential=sequential)
+    assert all(torch.equal(v, bundle.model.state_dict()[k]) for k, v in before.items())  # original untouched
+    batch = bundle.calibration_inputs(8)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.forward(result.model, batch), bundle.forward(_dense_twin(bundle, result), batch),
+                                   rtol=1e-4, atol=1e-4)
+    assert len(result.layers) == len(list_layers(bundle.model))
+    assert all(layer.n_params <= 0.5 * layer.n_params_dense for layer in result.layers)
+    assert result.n_params_compressed <= 0.5 * result.n_params_dense
+    assert result.metric_name == "top1_agreement" and result.dense_metric == 1.0
+    assert 0.0 <= result.compressed_metric <= 1.0
+
+
+def test_activation_aware_layers_report_weighted_errors_and_data_free_do_not():
+    bundle = cnn_bundle()
+    aware = compress_model(bundle, "dsf", 0.4, calibration=64, layers="fc*", evaluate=False)
+    free = compress_model(bundle, "dsf", 0.4, calibration=0, layers="fc*", evaluate=False)
+    assert [layer.name for layer in aware.layers] == ["fc1", "fc2"]
+    assert all(layer.weighted_error is not None for layer in aware.layers)
+    assert all(layer.weighted_error is None for layer in free.layers)
+    assert aware.compressed_metric is None
+
+
+def test_sequential_grams_see_earlier_compression():
+    bundle = cnn_bundle()
+    seq = compress_model(bundle, "magnitude", 0.2, calibration=64, sequential=True, evaluate=False)
+    ind = compress_model(bundle, "magnitude", 0.2, calibration=64, sequential=False, evaluate=False)
+    assert seq.layers[0].weighted_error == pytest.approx(ind.layers[0].weighted_error)  # same input
+    assert seq.layers[-1].weighted_error != pytest.approx(ind.layers[-1].weighted_error)
+
+
+def test_callback_reports_progress_and_can_stop():
+    seen = []
+    result = compress_model(cnn_bundle(), "svd", 0.5, evaluate=False,
+                            callback=lambda done, total, report: seen.append((done, total, report.name)) or done < 2)
+    assert seen == [(1, 4, "conv1"), (2, 4, "conv2")] and len(result.layers) == 2
