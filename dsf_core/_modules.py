@@ -3,6 +3,7 @@ never forming ``W_hat``. Sparse factors are stored as CSR tensors."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -51,6 +52,12 @@ class FactorizedLinear(nn.Module):
     def factors(self) -> list[torch.Tensor]:
         return [getattr(self, f"factor_{i}") for i in range(self.n_factors)]
 
+    def flops_per_row(self) -> int:
+        """Multiply-adds times two for one input row (one token or one conv patch)."""
+        if self.kind == "tt":
+            return 2 * tt_matvec_macs(self.factors)
+        return 2 * sum(f.values().numel() if f.layout == torch.sparse_csr else f.numel() for f in self.factors)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # (T, n)
         apply = _apply_tt if self.kind == "tt" else _apply_product
@@ -74,16 +81,32 @@ class FactorizedConv2d(nn.Module):
         n, _, h, w = x.shape
         patches = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, in*kh*kw, L)
         out = self.linear(patches.transpose(1, 2))  # (N, L, out)
-        kh, kw = self.kernel_size
-        sh, sw = _pair(self.stride)
-        ph, pw = _pair(self.padding)
-        dh, dw = _pair(self.dilation)
-        h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        h_out, w_out = conv_output_size((h, w), self.kernel_size, self.stride, self.padding, self.dilation)
         return out.transpose(1, 2).reshape(n, -1, h_out, w_out)
 
 
+def conv_output_size(size, kernel_size, stride, padding, dilation) -> tuple[int, int]:
+    """Height and width of a Conv2d's output map for an input map of ``size``."""
+    return tuple(
+        (length + 2 * p - d * (k - 1) - 1) // s + 1
+        for length, k, s, p, d in zip(size, _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation))
+    )
+
+
+def tt_matvec_macs(cores) -> int:
+    """Multiply-adds of the sequential contraction in ``_apply_tt`` for one input vector."""
+    macs, produced, rest = 0, 1, math.prod(core.shape[2] for core in cores)
+    for core in cores:
+        r_prev, m_k, n_k, r_next = core.shape
+        rest //= n_k
+        macs += produced * rest * r_prev * m_k * n_k * r_next
+        produced *= m_k
+    return macs
+
+
 def _to_csr(dense: torch.Tensor) -> torch.Tensor:
+    if dense.layout == torch.sparse_csr:
+        return dense
     with warnings.catch_warnings():  # torch flags all CSR use as beta; nothing for the user to act on
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return dense.to_sparse_csr()

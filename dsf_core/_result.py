@@ -8,7 +8,7 @@ import tensorly as tl
 import torch
 
 from ._metrics import relative_error, weighted_relative_error
-from ._modules import FactorizedConv2d, FactorizedLinear
+from ._modules import FactorizedConv2d, FactorizedLinear, tt_matvec_macs
 
 
 @dataclass
@@ -71,8 +71,7 @@ class Factorization:
     def flops(self) -> int:
         """Multiply-adds times two of one matrix-vector product through the factors."""
         if self.kind == "tt":
-            m, n = self.shape
-            return 2 * _tt_matvec_macs(self.factors, n)
+            return 2 * tt_matvec_macs(self.factors)
         return 2 * self.n_params
 
     def to_matrix(self) -> torch.Tensor:
@@ -116,13 +115,3 @@ class Factorization:
             "device": str(self.device),
         }
 
-
-def _tt_matvec_macs(cores, n: int) -> int:
-    """Multiply-adds of the sequential contraction in ``_apply_tt`` for one input vector."""
-    macs, produced, rest = 0, 1, n
-    for core in cores:
-        r_prev, m_k, n_k, r_next = core.shape
-        rest //= n_k
-        macs += produced * rest * r_prev * m_k * n_k * r_next
-        produced *= m_k
-    return macs
