@@ -1,0 +1,193 @@
+"""Command line: ``python -m dsf_core {models,layers,compress,evaluate}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+from ._registry import METHODS
+
+EXIT_USAGE = 2
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, KeyError, OSError, ImportError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dsf_core", description="Factorize and compress model layers.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    models = sub.add_parser("models", help="list the built-in models and their metrics")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(run=_models)
+
+    layers = sub.add_parser("layers", help="table of a model's factorizable layers")
+    layers.add_argument("model", help="built-in name, model directory, checkpoint file, torchvision:ARCH or hf:ID")
+    layers.add_argument("--json", action="store_true", help="print JSON")
+    layers.set_defaults(run=_layers)
+
+    compress = sub.add_parser("compress", help="compress a model's layers and report the damage")
+    compress.add_argument("model", help="built-in name, model directory, checkpoint file, torchvision:ARCH or hf:ID")
+    compress.add_argument("--method", required=True, choices=list(METHODS))
+    compress.add_argument("--density", required=True, type=float, help="kept fraction of each layer's weights")
+    compress.add_argument("--layers", help="comma-separated glob patterns of layer names (default: all)")
+    compress.add_argument("--calibration", type=int, default=128, help="calibration samples (0: data-free)")
+    compress.add_argument("--independent", action="store_true", help="collect all Grams on the original model")
+    compress.add_argument("--preset", help="a named option set of the method, e.g. quick")
+    compress.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a method option")
+    compress.add_argument("--out", help="write the compressed checkpoint (.safetensors) here")
+    compress.add_argument("--json", action="store_true", help="print JSON")
+    compress.set_defaults(run=_compress)
+
+    evaluate = sub.add_parser("evaluate", help="the metric of a model or a compressed checkpoint")
+    evaluate.add_argument("target", help="compressed checkpoint file, or a model as for 'layers'")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(run=_evaluate)
+    return parser
+
+
+def _models(args) -> int:
+    from .models import BUILTIN_MODELS, load_builtin
+
+    rows = []
+    for name, (_, description) in BUILTIN_MODELS.items():
+        bundle = load_builtin(name)
+        rows.append({"name": name, "metric_name": bundle.metric_name,
+                     "metric": bundle.evaluate(bundle.model)[bundle.metric_name], "description": description})
+    _emit(args, rows, ["name", "metric_name", "metric", "description"])
+    return 0
+
+
+def _layers(args) -> int:
+    from .layers import list_layers
+
+    bundle = _load(args.model)
+    rows = [{"name": layer.name, "type": layer.type, "shape": "x".join(map(str, layer.shape)),
+             "params": layer.n_params} for layer in list_layers(bundle.model)]
+    _emit(args, rows, ["name", "type", "shape", "params"])
+    return 0
+
+
+def _compress(args) -> int:
+    from .checkpoint import save_compressed
+    from .compress import compress_model
+    from .stats import dense_file_bytes
+
+    options = _options(args)
+    bundle = _load(args.model)
+    result = compress_model(
+        bundle, args.method, args.density, layers=args.layers, calibration=args.calibration,
+        sequential=not args.independent, callback=_progress_bar(), **options,
+    )
+    if args.out:
+        file_bytes = save_compressed(args.out, result, args.model)
+    else:  # measure the real file size all the same
+        with tempfile.TemporaryDirectory() as folder:
+            file_bytes = save_compressed(os.path.join(folder, "model.safetensors"), result, args.model)
+    summary = {
+        "model": args.model, "method": args.method, "density": args.density, "options": options,
+        "metric_name": result.metric_name, "dense_metric": result.dense_metric,
+        "compressed_metric": result.compressed_metric,
+        "n_params_dense": result.n_params_dense, "n_params_compressed": result.n_params_compressed,
+        "file_bytes": file_bytes, "dense_file_bytes": dense_file_bytes(bundle.model),
+        "seconds": round(result.seconds, 3), "out": args.out,
+        "layers": [
+            {"name": r.name, "shape": list(r.shape), "n_params_dense": r.n_params_dense, "n_params": r.n_params,
+             "error": r.error, "weighted_error": r.weighted_error, "seconds": round(r.seconds, 3)}
+            for r in result.layers
+        ],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    rows = [{**row, "shape": "x".join(map(str, row["shape"]))} for row in summary["layers"]]
+    _table(rows, ["name", "shape", "n_params_dense", "n_params", "error", "weighted_error", "seconds"])
+    print()
+    for key in ("metric_name", "dense_metric", "compressed_metric", "n_params_dense", "n_params_compressed",
+                "file_bytes", "dense_file_bytes", "seconds", "out"):
+        print(f"{key:20s} {_cell(summary[key])}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .checkpoint import load_compressed, read_manifest
+
+    if os.path.isfile(args.target) and args.target.endswith(".safetensors"):
+        manifest = read_manifest(args.target)
+        bundle = _load(manifest["model"])
+        model = load_compressed(args.target, bundle.model)
+    else:
+        bundle = _load(args.target)
+        model = bundle.model
+    metrics = bundle.evaluate(model)
+    _emit(args, [{"metric": key, "value": value} for key, value in metrics.items()], ["metric", "value"])
+    return 0
+
+
+def _load(spec: str):
+    from .models.loaders import load_model
+
+    return load_model(spec)
+
+
+def _options(args) -> dict:
+    """The preset's options overlaid with ``--option NAME=VALUE`` (values read as JSON if they parse)."""
+    spec = METHODS[args.method]
+    if args.preset and args.preset not in spec.presets:
+        raise ValueError(f"Method {args.method!r} has no preset {args.preset!r}; it has {list(spec.presets)}.")
+    options = dict(spec.presets.get(args.preset, {})) if args.preset else {}
+    for item in args.option:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option must look like NAME=VALUE; got {item!r}.")
+        try:
+            options[name] = json.loads(value)
+        except json.JSONDecodeError:
+            options[name] = value
+    return options
+
+
+def _progress_bar():
+    """A one-line progress bar on a terminal's stderr; nothing when not on a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done, total, report):
+        filled = int(30 * done / total)
+        end = "\n" if done == total else ""
+        print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {report.name[:40]:40s}", end=end,
+              file=sys.stderr, flush=True)
+
+    return show
+
+
+def _emit(args, rows, columns) -> None:
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _table(rows, columns)
+
+
+def _table(rows, columns) -> None:
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)

@@ -1,0 +1,77 @@
+"""The command line, run as a user runs it: a real subprocess, exit codes, tables and JSON."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+
+
+def run(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "dsf_core", *args], capture_output=True, text=True,
+                          env=ENV, timeout=timeout)
+
+
+def test_layers_prints_a_table_and_json():
+    table = run("layers", "digits-cnn")
+    assert table.returncode == 0, table.stderr
+    assert "convs.1" in table.stdout and "64x288" in table.stdout
+    rows = json.loads(run("layers", "digits-cnn", "--json").stdout)
+    assert [row["name"] for row in rows] == ["convs.0", "convs.1", "convs.2", "fc", "head"]
+
+
+def test_compress_writes_a_checkpoint_that_evaluate_reads(tmp_path):
+    out = tmp_path / "digits.safetensors"
+    result = run("compress", "digits-cnn", "--method", "svd", "--density", "0.5", "--layers", "fc,convs.2",
+                 "--calibration", "64", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    for key in ("dense_metric", "compressed_metric", "metric_name", "n_params_dense", "n_params_compressed",
+                "file_bytes", "seconds", "layers"):
+        assert key in summary
+    assert [layer["name"] for layer in summary["layers"]] == ["convs.2", "fc"]
+    assert summary["n_params_compressed"] <= 0.5 * summary["n_params_dense"]
+    assert summary["file_bytes"] == out.stat().st_size < summary["dense_file_bytes"]
+    evaluated = json.loads(run("evaluate", str(out), "--json").stdout)
+    accuracy = {row["metric"]: row["value"] for row in evaluated}["accuracy"]
+    assert accuracy == pytest.approx(summary["compressed_metric"])
+
+
+def test_compress_accepts_presets_and_options():
+    result = run("compress", "digits-cnn", "--method", "dsf", "--density", "0.4", "--layers", "head",
+                 "--preset", "quick", "--option", "refit_steps=0", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["options"] == {"n_rounds": 18, "refit_steps": 0}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["layers", "no-such-model"], "no-such-model"),
+        (["compress", "digits-cnn", "--method", "dsf", "--density", "1.5"], "density must be in the range"),
+        (["compress", "digits-cnn", "--method", "svd", "--density", "0.5", "--layers", "nothing*"], "No factorizable layer"),
+        (["compress", "digits-cnn", "--method", "dsf", "--density", "0.5", "--option", "bogus=1"], "Unknown option"),
+        (["compress", "digits-cnn", "--method", "dsf", "--density", "0.5", "--preset", "slow"], "has no preset"),
+        (["evaluate", "/no/such/file.safetensors"], "error:"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_nonzero_exit(args, message):
+    result = run(*args)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    result = run("evaluate", str(junk))
+    assert result.returncode == 2 and "not a safetensors file" in result.stderr
+
+
+def test_unknown_method_is_rejected_by_the_parser():
+    result = run("compress", "digits-cnn", "--method", "qr", "--density", "0.5")
+    assert result.returncode == 2 and "invalid choice: 'qr'" in result.stderr
