@@ -4,15 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsf_core._torchvision_compat import import_torchvision
+from dsf_core._torchvision_compat import prepare_transformers
 from dsf_core.models import ModelBundle
-
-
-def import_torchvision_if_installed():
-    try:
-        import_torchvision()
-    except ImportError:
-        pass
 
 
 class SmallCNN(nn.Module):
@@ -64,7 +57,7 @@ def cnn_bundle(seed=0) -> ModelBundle:
 
 
 def gpt2_bundle(seed=0) -> ModelBundle:
-    import_torchvision_if_installed()  # transformers imports torchvision when it is installed
+    prepare_transformers()  # transformers imports torchvision when it is installed
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)

@@ -1,0 +1,74 @@
+"""The pretrained all-MiniLM-L6-v2 bundle: agreement metrics, calibration data, an independent oracle."""
+
+import copy
+
+import pytest
+import torch
+
+from dsf_core.models import load_builtin
+from dsf_core.models.minilm import read_sentences
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_builtin("minilm")
+    torch.set_num_threads(previous)
+
+
+def test_contract(bundle):
+    assert (bundle.name, bundle.task, bundle.metric_name, bundle.higher_is_better) == (
+        "minilm",
+        "encoder",
+        "mean_cosine",
+        True,
+    )
+    assert not bundle.model.training and all(p.dtype == torch.float32 for p in bundle.model.parameters())
+    assert bundle.extras["reference_embeddings"].shape == (120, 384)
+
+
+def test_original_agrees_with_itself(bundle):
+    result = bundle.evaluate(bundle.model)
+    assert result == pytest.approx({"mean_cosine": 1.0, "ranking_agreement": 1.0}, abs=1e-5)
+
+
+def test_perturbed_copy_agrees_less(bundle):
+    noisy = copy.deepcopy(bundle.model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in noisy.encoder.layer[2].parameters():
+            p.add_(0.2 * p.std() * torch.randn_like(p))
+    result = bundle.evaluate(noisy)
+    assert 0.5 < result["mean_cosine"] < 1 - 1e-4
+    assert 0.5 < result["ranking_agreement"] < 1 - 1e-4
+
+
+def test_embeddings_match_sentence_transformers(bundle):
+    from sentence_transformers import SentenceTransformer
+
+    oracle = SentenceTransformer(bundle.source, device="cpu")
+    expected = oracle.encode(bundle.extras["sentences"], convert_to_tensor=True)
+    torch.testing.assert_close(bundle.extras["reference_embeddings"], expected, atol=1e-5, rtol=0)
+
+
+def test_paraphrases_are_nearest_neighbours(bundle):
+    """The sentence file is in groups of six on one topic, each opening with a paraphrase pair."""
+    reference = bundle.extras["reference_embeddings"]
+    similarity = reference @ reference.T
+    similarity.fill_diagonal_(-1)
+    nearest = similarity.argmax(dim=1)
+    pairs_found = sum(int(nearest[i]) == i + 1 for i in range(0, 120, 6))
+    same_topic = (nearest // 6 == torch.arange(120) // 6).float().mean()
+    assert pairs_found >= 16 and same_topic > 0.7
+
+
+def test_calibration_inputs(bundle):
+    batches = bundle.calibration_inputs(70)
+    assert sum(len(b["input_ids"]) for b in batches) == 70
+    embeddings = bundle.forward(bundle.model, batches[0])
+    torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(len(embeddings)))
+    assert not set(read_sentences("minilm_calibration.txt")) & set(bundle.extras["sentences"])
+    for n in (0, 201, 2.5):
+        with pytest.raises(ValueError, match=r"'n' parameter must be an int in the range \[1, 200\]"):
+            bundle.calibration_inputs(n)
