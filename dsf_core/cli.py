@@ -82,7 +82,7 @@ def _layers(args) -> int:
 def _compress(args) -> int:
     from .checkpoint import save_compressed
     from .compress import compress_model
-    from .stats import dense_file_bytes
+    from .stats import dense_file_bytes, flops_per_sample
 
     options = _options(args)
     bundle = _load(args.model)
@@ -95,12 +95,16 @@ def _compress(args) -> int:
     else:  # measure the real file size all the same
         with tempfile.TemporaryDirectory() as folder:
             file_bytes = save_compressed(os.path.join(folder, "model.safetensors"), result, args.model)
+    probe = bundle.calibration_inputs(4)[0]  # FLOPs are counted on one real batch
+    probe_size = len(probe["input_ids"]) if isinstance(probe, dict) else len(probe)
     summary = {
         "model": args.model, "method": args.method, "density": args.density, "options": options,
         "metric_name": result.metric_name, "dense_metric": result.dense_metric,
         "compressed_metric": result.compressed_metric,
         "n_params_dense": result.n_params_dense, "n_params_compressed": result.n_params_compressed,
         "file_bytes": file_bytes, "dense_file_bytes": dense_file_bytes(bundle.model),
+        "flops_per_sample": flops_per_sample(result.model, bundle.forward, probe, probe_size),
+        "dense_flops_per_sample": flops_per_sample(bundle.model, bundle.forward, probe, probe_size),
         "seconds": round(result.seconds, 3), "out": args.out,
         "layers": [
             {"name": r.name, "shape": list(r.shape), "n_params_dense": r.n_params_dense, "n_params": r.n_params,
@@ -115,7 +119,7 @@ def _compress(args) -> int:
     _table(rows, ["name", "shape", "n_params_dense", "n_params", "error", "weighted_error", "seconds"])
     print()
     for key in ("metric_name", "dense_metric", "compressed_metric", "n_params_dense", "n_params_compressed",
-                "file_bytes", "dense_file_bytes", "seconds", "out"):
+                "file_bytes", "dense_file_bytes", "flops_per_sample", "dense_flops_per_sample", "seconds", "out"):
         print(f"{key:20s} {_cell(summary[key])}")
     return 0
 

@@ -15,6 +15,16 @@ def run(*args, timeout=120):
                           env=ENV, timeout=timeout)
 
 
+def test_models_lists_every_builtin_model_with_its_metric():
+    result = run("models", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert list(rows) == ["digits-cnn", "tiny-lm", "minilm"]
+    assert rows["digits-cnn"]["metric_name"] == "accuracy" and rows["digits-cnn"]["metric"] > 97
+    assert rows["tiny-lm"]["metric_name"] == "perplexity" and 1 < rows["tiny-lm"]["metric"] < 5
+    assert rows["minilm"]["metric"] == pytest.approx(1.0)
+
+
 def test_layers_prints_a_table_and_json():
     table = run("layers", "digits-cnn")
     assert table.returncode == 0, table.stderr
@@ -32,6 +42,7 @@ def test_compress_writes_a_checkpoint_that_evaluate_reads(tmp_path):
     for key in ("dense_metric", "compressed_metric", "metric_name", "n_params_dense", "n_params_compressed",
                 "file_bytes", "seconds", "layers"):
         assert key in summary
+    assert 0 < summary["flops_per_sample"] < summary["dense_flops_per_sample"]
     assert [layer["name"] for layer in summary["layers"]] == ["convs.2", "fc"]
     assert summary["n_params_compressed"] <= 0.5 * summary["n_params_dense"]
     assert summary["file_bytes"] == out.stat().st_size < summary["dense_file_bytes"]
