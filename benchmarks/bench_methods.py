@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import dsf_core  # noqa: E402
+from _tables import print_table  # noqa: E402
 from dsf_core.examples import minilm_weight, synthetic_matrix  # noqa: E402
 
 # (label, shape, density, activation-aware, reference error, reference seconds)
@@ -40,15 +41,6 @@ DSF_REFERENCE = [
     ("output.dense", (384, 1536), 0.5, False, 0.1383, 6.1),
 ]
 PYFAUST_QUERY = [(8, 0.831, 10.0), (16, 0.722, 9.0), (32, 0.563, 8.5)]  # k, error, seconds (8.5-10 s)
-
-
-def print_table(title, header, rows):
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(str(h).ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |")
 
 
 def timed(weight, method, device, **kwargs):

@@ -21,21 +21,14 @@ from dsf_core.compress import compress_model
 from dsf_core.models import load_builtin
 from dsf_core.stats import dense_file_bytes, flops_per_sample, latency_seconds
 
+from _tables import print_table
+
 # model -> (density, methods, layers pattern)
 PLAN = {
     "digits-cnn": (0.3, ["dsf", "magnitude", "wanda", "svd"], None),
     "tiny-lm": (0.5, ["dsf", "magnitude", "wanda", "svd"], None),
     "minilm": (0.5, ["dsf", "magnitude", "wanda", "svd"], None),
 }
-
-
-def print_table(title, header, rows):
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(str(h).ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |")
 
 
 def bench_model(name):

@@ -28,17 +28,19 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dsf_core", description="Factorize and compress model layers.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    models = sub.add_parser("models", help="list the built-in models and their metrics")
-    models.add_argument("--json", action="store_true", help="print JSON")
-    models.set_defaults(run=_models)
+    def command(name, run, help, *positional):
+        """A subcommand with its positional arguments and --json."""
+        sub_parser = sub.add_parser(name, help=help)
+        for arg_name, arg_help in positional:
+            sub_parser.add_argument(arg_name, help=arg_help)
+        sub_parser.add_argument("--json", action="store_true", help="print JSON")
+        sub_parser.set_defaults(run=run)
+        return sub_parser
 
-    layers = sub.add_parser("layers", help="table of a model's factorizable layers")
-    layers.add_argument("model", help="built-in name, model directory, checkpoint file, torchvision:ARCH or hf:ID")
-    layers.add_argument("--json", action="store_true", help="print JSON")
-    layers.set_defaults(run=_layers)
-
-    compress = sub.add_parser("compress", help="compress a model's layers and report the damage")
-    compress.add_argument("model", help="built-in name, model directory, checkpoint file, torchvision:ARCH or hf:ID")
+    model = ("model", "built-in name, model directory, checkpoint file, torchvision:ARCH or hf:ID")
+    command("models", _models, "list the built-in models and their metrics")
+    command("layers", _layers, "table of a model's factorizable layers", model)
+    compress = command("compress", _compress, "compress a model's layers and report the damage", model)
     compress.add_argument("--method", required=True, choices=list(METHODS))
     compress.add_argument("--density", required=True, type=float, help="kept fraction of each layer's weights")
     compress.add_argument("--layers", help="comma-separated glob patterns of layer names (default: all)")
@@ -47,13 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--preset", help="a named option set of the method, e.g. quick")
     compress.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a method option")
     compress.add_argument("--out", help="write the compressed checkpoint (.safetensors) here")
-    compress.add_argument("--json", action="store_true", help="print JSON")
-    compress.set_defaults(run=_compress)
-
-    evaluate = sub.add_parser("evaluate", help="the metric of a model or a compressed checkpoint")
-    evaluate.add_argument("target", help="compressed checkpoint file, or a model as for 'layers'")
-    evaluate.add_argument("--json", action="store_true", help="print JSON")
-    evaluate.set_defaults(run=_evaluate)
+    command("evaluate", _evaluate, "the metric of a model or a compressed checkpoint",
+            ("target", "compressed checkpoint file, or a model as for 'layers'"))
     return parser
 
 
