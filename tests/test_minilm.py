@@ -63,6 +63,12 @@ def test_paraphrases_are_nearest_neighbours(bundle):
     assert pairs_found >= 16 and same_topic > 0.7
 
 
+def test_calibration_batches_hold_little_padding(bundle):
+    masks = [batch["attention_mask"] for batch in bundle.calibration_inputs(200)]
+    padding = sum(int((m == 0).sum()) for m in masks) / sum(m.numel() for m in masks)
+    assert padding < 0.1  # unsorted batches of 64 were 27% padding
+
+
 def test_calibration_inputs(bundle):
     batches = bundle.calibration_inputs(70)
     assert sum(len(b["input_ids"]) for b in batches) == 70

@@ -70,7 +70,9 @@ def load_bundle() -> ModelBundle:
     reference = embeddings(model)
 
     def calibration_inputs(n: int) -> list[dict]:
-        texts = calibration[: check_count(n, len(calibration))]
+        # Sorted by length so that batches hold little padding: the layer hooks see every position,
+        # and padding rows would enter the Gram matrices although pooling ignores them.
+        texts = sorted(calibration[: check_count(n, len(calibration))], key=lambda t: len(tokenizer.tokenize(t)))
         return [tokenise(texts[i : i + CALIBRATION_BATCH]) for i in range(0, n, CALIBRATION_BATCH)]
 
     return ModelBundle(
