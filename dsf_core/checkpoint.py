@@ -58,7 +58,7 @@ def save_compressed(path, result, model_spec: str) -> int:
         "options": json.dumps(result.options),
         "layers": json.dumps(layers),
     }
-    save_file(_unshared(tensors), os.fspath(path), metadata=metadata)
+    save_file(unshared(tensors), os.fspath(path), metadata=metadata)
     return os.path.getsize(path)
 
 
@@ -152,7 +152,7 @@ def _conv_geometry(module: nn.Module) -> dict | None:
     return {"stride": module.stride, "padding": module.padding, "dilation": module.dilation}
 
 
-def _unshared(tensors: dict) -> dict:
+def unshared(tensors: dict) -> dict:
     """Contiguous tensors that share no memory (safetensors refuses shared storage)."""
     seen, out = set(), {}
     for key, value in tensors.items():

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ._modules import FactorizedLinear, conv_output_size
+from .checkpoint import unshared
 from .layers import is_factorizable, weight_matrix
 
 
@@ -27,12 +28,7 @@ def dense_file_bytes(model: nn.Module) -> int:
     """Size of the model's state saved as a plain safetensors file (measured, not estimated)."""
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "dense.safetensors")
-        seen, state = set(), {}
-        for key, value in model.state_dict().items():
-            value = value.detach().contiguous()
-            state[key] = value.clone() if value.data_ptr() in seen else value
-            seen.add(value.data_ptr())
-        save_file(state, path)
+        save_file(unshared(model.state_dict()), path)
         return os.path.getsize(path)
 
 
