@@ -149,9 +149,7 @@ def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int) -> _Spar
     well conditioned. The first solve uses the warm-start penalty ``rho0``; the support is re-chosen
     only in the first ``_MASK_STEPS`` steps, then frozen.
     """
-    gram = fixed.T @ fixed
-    norms = gram.diagonal().sqrt() + 1e-8
-    gram = gram / norms[:, None] / norms[None, :]
+    gram, norms = _unit_diagonal(fixed.T @ fixed)
     gram.diagonal().add_(_RIDGE * max(float(gram.diagonal().mean()), 1e-3))
     rhs = (fixed.T @ target) / norms[:, None]
     z = state.z * norms[:, None]
@@ -179,19 +177,22 @@ def _refit_left(W, a, b, gram, steps: int):
     """Refit ``A``'s values on its support against ``tr((W - A B) G (W - A B)^T)`` (``G = I`` when
     data-free), ``B`` fixed: ADMM on the frozen support."""
     bg = b if gram is None else b @ gram
-    gram_b = bg @ b.T  # B G B^T
-    rhs = bg @ W.T  # B G W^T
-    norms = gram_b.diagonal().clamp_min(0).sqrt() + 1e-8
-    gram_b = gram_b / norms[:, None] / norms[None, :]
-    rhs = rhs / norms[:, None]
+    gram_b, norms = _unit_diagonal(bg @ b.T)  # B G B^T
+    rhs = (bg @ W.T) / norms[:, None]  # B G W^T
     eye = torch.eye(gram_b.shape[0], dtype=gram_b.dtype, device=gram_b.device)
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram_b + eye))
     mask = a.T != 0
     x, u = a.T * norms[:, None], torch.zeros_like(a.T)
-    z = x
-    for _ in range(steps):
+    for step in range(steps):
         v = x + u
         z = v * mask
         u = v - z
-        x = inverse @ (rhs + z - u)
+        if step < steps - 1:  # the last solve's x would be thrown away
+            x = inverse @ (rhs + z - u)
     return (z / norms[:, None]).T
+
+
+def _unit_diagonal(gram):
+    """``D^-1 G D^-1`` with ``D = sqrt(diag G)``: the Gram of column-normalised factors, and ``D``."""
+    norms = gram.diagonal().clamp_min(0).sqrt() + 1e-8
+    return gram / norms[:, None] / norms[None, :], norms
