@@ -1,0 +1,114 @@
+"""DSF Explorer, Home: choose the model and the device, and see what the model holds."""
+
+import pandas as pd
+import streamlit as st
+
+from dsf_app import session
+from dsf_app.messages import plain_message
+from dsf_core.models import BUILTIN_MODELS
+
+session.setup_page("Home", ":material/home:")
+st.title("DSF Explorer")
+st.markdown(
+    "Look inside neural-network weight matrices and compress them by sparse factorization: "
+    "**DSF** (`W ~ A B`, both factors sparse), **PALM4MSA** (a product of sparse factors), "
+    "**SVD**, **tensor-train** and pruning baselines, all at the same parameter budget. "
+    "Pick a model here, then open a page on the left: *Layer inspector*, *Factorize*, *Compare*, "
+    "*Trade-offs* or *Learn*."
+)
+
+SOURCES = {
+    "builtin": "Built-in model",
+    "torchvision": "torchvision architecture + weights file",
+    "hf": "Hugging Face model directory",
+    "upload": "Upload a checkpoint",
+}
+
+
+def select(choice: session.ModelChoice) -> None:
+    """Make ``choice`` the model of every page, if it loads; otherwise say why."""
+    try:
+        session.cached_bundle(choice)
+    except Exception as exc:  # any failure to load is the user's file or path: say so, keep going
+        st.error(f"Could not load the model: {plain_message(exc)}")
+        return
+    st.session_state.model_choice = choice
+    st.session_state.layer = None
+
+
+left, right = st.columns([2, 1])
+with left:
+    source = st.radio("Model source", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="home_source")
+    if source == "builtin":
+        names = list(BUILTIN_MODELS)
+        current = session.current_choice()
+        index = names.index(current.name) if current.kind == "builtin" else 0
+        name = st.selectbox(
+            "Built-in model", names, index=index, format_func=lambda n: f"{n}: {BUILTIN_MODELS[n][1]}", key="home_builtin"
+        )
+        if current != session.ModelChoice("builtin", name):
+            select(session.ModelChoice("builtin", name))
+    elif source == "torchvision":
+        arch = st.text_input("Architecture (e.g. resnet18)", key="home_tv_arch")
+        path = st.text_input("Weights file on this server (a state dict: .pth, .pt or .safetensors)", key="home_tv_path")
+        classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, key="home_tv_classes")
+        if st.button("Load", key="home_tv_load", disabled=not (arch and path)):
+            select(session.ModelChoice("torchvision", arch.strip(), path.strip(), int(classes) or None))
+    elif source == "hf":
+        path = st.text_input("Model directory on this server (config.json + .safetensors)", key="home_hf_path")
+        if st.button("Load", key="home_hf_load", disabled=not path):
+            select(session.ModelChoice("hf", path=path.strip()))
+    else:
+        st.caption(
+            f"A TorchScript file, or a state dict of a torchvision architecture (loaded without "
+            f"unpickling code: `weights_only=True` or safetensors), at most {session.MAX_UPLOAD_MB} MB."
+        )
+        upload = st.file_uploader("Checkpoint", type=["pt", "pth", "safetensors"], key="home_upload")
+        arch = st.text_input("torchvision architecture of a state dict (empty for TorchScript)", key="home_up_arch")
+        classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, key="home_up_classes")
+        if st.button("Load", key="home_up_load", disabled=upload is None):
+            try:
+                path = session.save_upload(upload.name, upload.getvalue())
+            except ValueError as exc:
+                st.error(f"Could not load the model: {plain_message(exc)}")
+            else:
+                select(session.ModelChoice("checkpoint", arch.strip(), str(path), int(classes) or None))
+with right:
+    options = [session.CPU, session.CUDA]
+    st.session_state.device = st.radio(
+        "Device",
+        options,
+        index=options.index(st.session_state.device),
+        format_func=lambda d: session.cuda_label() if d == session.CUDA else "CPU",
+        key="home_device",
+    )
+    session.warn_if_no_cuda()
+
+bundle = session.current_bundle()
+choice = session.current_choice()
+st.subheader(choice.label)
+st.caption(f"{bundle.description or bundle.task} · weights from `{bundle.source}`")
+layers = session.layers(bundle)
+metrics = session.dense_metrics(choice)
+n_params = sum(p.numel() for p in bundle.model.parameters())
+cols = st.columns(4)
+cols[0].metric("Parameters", f"{n_params:,}")
+cols[1].metric("Factorizable layers", len(layers))
+cols[2].metric("In those layers", f"{sum(layer.n_params for layer in layers) / max(n_params, 1):.0%}")
+cols[3].metric(bundle.metric_name.replace("_", " "), f"{metrics[bundle.metric_name]:.4g}")
+st.dataframe(
+    pd.DataFrame(
+        {
+            "layer": [layer.name for layer in layers],
+            "type": [layer.type for layer in layers],
+            "matrix (out x in)": [f"{layer.shape[0]} x {layer.shape[1]}" for layer in layers],
+            "weight shape": ["x".join(map(str, layer.weight_shape)) for layer in layers],
+            "parameters": [layer.n_params for layer in layers],
+        }
+    ),
+    hide_index=True,
+    width="stretch",
+)
+other = {k: v for k, v in metrics.items() if k != bundle.metric_name}
+if other:
+    st.caption("Other measures of the dense model: " + ", ".join(f"{k} = {v:.4g}" for k, v in other.items()))

@@ -1,0 +1,204 @@
+"""What every page shares: the chosen model and device, the chosen layer and density, and the
+cached loads of models, weights and calibration Grams."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from dsf_core.calibration import recording_inputs
+from dsf_core.layers import LayerInfo, list_layers, weight_matrix
+from dsf_core.models import BUILTIN_MODELS, ModelBundle, load_builtin
+from dsf_core.models.loaders import load_checkpoint, load_hf, load_torchvision
+
+from .messages import or_stop
+
+DEFAULT_MODEL = "digits-cnn"
+MAX_UPLOAD_MB = 200  # also server.maxUploadSize in .streamlit/config.toml
+CALIBRATION_SAMPLES = 64
+CPU, CUDA = "CPU", "CUDA"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Where a model comes from; hashable, so it keys the model cache.
+
+    ``kind``: ``"builtin"`` (``name``), ``"torchvision"`` (architecture ``name``, weights file
+    ``path``), ``"hf"`` (directory ``path``) or ``"checkpoint"`` (file ``path``; ``name`` is a
+    torchvision architecture for a state dict, or empty for TorchScript).
+    """
+
+    kind: str
+    name: str = ""
+    path: str = ""
+    num_classes: int | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "builtin":
+            return self.name
+        if self.kind == "torchvision":
+            return f"torchvision:{self.name} ({Path(self.path).name})"
+        if self.kind == "hf":
+            return f"Hugging Face: {Path(self.path).name}"
+        return f"checkpoint: {Path(self.path).name}"
+
+    @property
+    def spec(self) -> str:
+        """The model argument of ``python -m dsf_core`` for this choice."""
+        if self.kind == "builtin":
+            return self.name
+        if self.kind == "torchvision":
+            return f"torchvision:{self.name}"
+        return self.path
+
+
+def load_choice(choice: ModelChoice) -> ModelBundle:
+    """Load the model ``choice`` names (uncached; see :func:`cached_bundle`)."""
+    if choice.kind == "builtin":
+        return load_builtin(choice.name)
+    if choice.kind == "torchvision":
+        return load_torchvision(choice.name, choice.path, num_classes=choice.num_classes)
+    if choice.kind == "hf":
+        return load_hf(choice.path)
+    if choice.kind == "checkpoint":
+        if choice.name:
+            return load_torchvision(choice.name, choice.path, num_classes=choice.num_classes)
+        return load_checkpoint(choice.path)
+    raise ValueError(f"Unknown model source {choice.kind!r}.")
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
+def cached_bundle(choice: ModelChoice) -> ModelBundle:
+    """The loaded model, shared by all pages and sessions; pages must never modify it."""
+    bundle = load_choice(choice)
+    for parameter in bundle.model.parameters():
+        parameter.requires_grad_(False)
+    return bundle
+
+
+@st.cache_resource(max_entries=4, show_spinner="Measuring the dense model...")
+def dense_metrics(choice: ModelChoice) -> dict:
+    """The dense model's evaluation (its headline metric and the rest)."""
+    bundle = cached_bundle(choice)
+    return {k: float(v) for k, v in bundle.evaluate(bundle.model).items()}
+
+
+@st.cache_resource(max_entries=4, show_spinner="Collecting calibration Grams...")
+def calibration_grams(choice: ModelChoice, n_samples: int = CALIBRATION_SAMPLES) -> dict[str, torch.Tensor]:
+    """Undamped input Gram ``X^T X / rows`` of every factorizable layer over ``n_samples``
+    calibration samples, from one pass over the dense model."""
+    bundle = cached_bundle(choice)
+    names = [layer.name for layer in list_layers(bundle.model)]
+    with torch.no_grad(), recording_inputs(bundle.model, names) as accumulators:
+        for batch in bundle.calibration_inputs(n_samples):
+            bundle.forward(bundle.model, batch)
+    return {name: acc.gram(0.0) for name, acc in accumulators.items() if acc.rows > 0}
+
+
+def save_upload(name: str, data: bytes) -> Path:
+    """Write an uploaded file to this server's temporary folder (bounded by ``MAX_UPLOAD_MB``)."""
+    if len(data) > MAX_UPLOAD_MB << 20:
+        raise ValueError(f"'{name}' is {len(data) / 2**20:.0f} MB; uploads are limited to {MAX_UPLOAD_MB} MB.")
+    if not data:
+        raise ValueError(f"'{name}' is empty.")
+    folder = Path(tempfile.mkdtemp(prefix="dsf-upload-"))
+    path = folder / Path(name).name
+    path.write_bytes(data)
+    return path
+
+
+# --- session state -----------------------------------------------------------------------------
+
+DEFAULTS = {"model_choice": ModelChoice("builtin", DEFAULT_MODEL), "device": CPU, "layer": None, "density": 0.3}
+
+
+def setup_page(title: str, icon: str = ":material/grid_on:") -> None:
+    """Page config, shared session defaults and the sidebar summary; call first on every page."""
+    st.set_page_config(page_title=f"{title} · DSF Explorer", page_icon=icon, layout="wide")
+    for key, value in DEFAULTS.items():
+        st.session_state.setdefault(key, value)
+    choice = st.session_state.model_choice
+    st.sidebar.caption(f"Model: **{choice.label}** · device: **{device().type}**")
+
+
+def current_choice() -> ModelChoice:
+    return st.session_state.model_choice
+
+
+def current_bundle() -> ModelBundle:
+    """The chosen model, loaded (cached); on failure the page shows why and stops."""
+    return or_stop("load the model", cached_bundle, current_choice())
+
+
+def cuda_label() -> str:
+    if torch.cuda.is_available():
+        return f"{CUDA} ({torch.cuda.get_device_name(0)})"
+    return f"{CUDA} (no GPU found)"
+
+
+def device() -> torch.device:
+    """Where factorizations run: CUDA when chosen and present, else the CPU."""
+    if st.session_state.get("device") == CUDA and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def warn_if_no_cuda() -> None:
+    if st.session_state.get("device") == CUDA and not torch.cuda.is_available():
+        st.warning(
+            "CUDA was chosen, but this server has no CUDA GPU (torch.cuda.is_available() is False), "
+            "or its torch is a CPU build. Everything runs on the CPU instead."
+        )
+
+
+def layers(bundle: ModelBundle) -> list[LayerInfo]:
+    return list_layers(bundle.model)
+
+
+def choose_layer(bundle: ModelBundle, where=st.sidebar) -> LayerInfo:
+    """A layer picker whose choice is shared by all pages (defaults to the largest layer)."""
+    found = layers(bundle)
+    if not found:
+        st.error("This model has no factorizable layer (Linear, Conv2d without groups, or Conv1D).")
+        st.stop()
+    names = [layer.name for layer in found]
+    if st.session_state.layer not in names:
+        st.session_state.layer = max(found, key=lambda layer: layer.shape[0] * layer.shape[1]).name
+    picked = where.selectbox(
+        "Layer",
+        names,
+        index=names.index(st.session_state.layer),
+        format_func=lambda n: f"{n}  ({'x'.join(map(str, found[names.index(n)].shape))})",
+        key="_layer_picker",
+    )
+    st.session_state.layer = picked
+    return found[names.index(picked)]
+
+
+def choose_density(where=st.sidebar, label: str = "Density (kept fraction of the weights)") -> float:
+    """The density slider whose value is shared by all pages."""
+    value = where.slider(label, 0.01, 1.0, float(st.session_state.density), 0.01, key="_density_slider")
+    st.session_state.density = value
+    return value
+
+
+def layer_weight(bundle: ModelBundle, name: str) -> torch.Tensor:
+    """A copy of the layer's weight as an ``out x in`` float32 matrix (the model is not touched)."""
+    return weight_matrix(bundle.model.get_submodule(name)).float().clone()
+
+
+def layer_kernel(bundle: ModelBundle, name: str) -> torch.Tensor:
+    """A copy of the layer's weight in its own shape (4-D for a conv kernel)."""
+    module = bundle.model.get_submodule(name)
+    weight = module.weight.detach()
+    if weight.ndim != 4:
+        return layer_weight(bundle, name)
+    return weight.float().clone()
+
+
+BUILTIN_NAMES = list(BUILTIN_MODELS)

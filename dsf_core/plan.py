@@ -1,0 +1,46 @@
+"""What a density means for one matrix under each method's default options, without running it."""
+
+from __future__ import annotations
+
+from .methods import dsf, palm4msa, svd, tt
+
+
+def budget_plan(shape: tuple[int, int], density: float) -> dict[str, str]:
+    """For each method, a short description of the sizes its defaults choose for an ``m x n``
+    matrix at ``density`` (e.g. ``"rank 12"``), or why the budget is below its minimum."""
+    m, n = shape
+    budget = int(density * m * n)
+    r = min(m, n)
+    plans = {}
+
+    def plan(name, describe):
+        try:
+            plans[name] = describe()
+        except ValueError as exc:
+            plans[name] = f"not possible: {exc}"
+
+    def dsf_plan():
+        small, large = dsf._split_budget(budget, m, n, r, None)
+        a, b = (small, large) if m <= n else (large, small)
+        return f"A {m}x{r} with {a:,} nonzeros ({a / (m * r):.1%}), B {r}x{n} with {b:,} ({b / (r * n):.1%})"
+
+    def palm_plan(method):
+        shapes = palm4msa._factor_shapes(m, n, r, 2)
+        k = palm4msa._choose_k(shapes, "splincol", None, None, budget=budget, method=method, weight_shape=(m, n))
+        return f"2 factors ({m}x{r}, {r}x{n}), k = {k} nonzeros per row and column"
+
+    def tt_plan():
+        m_modes = sorted(tt._balanced_factors(m, tt._DEFAULT_CORES))
+        n_modes = sorted(tt._balanced_factors(n, tt._DEFAULT_CORES), reverse=True)
+        sizes = [a * b for a, b in zip(m_modes, n_modes)]
+        rank = tt._choose_rank(sizes, budget, None, (m, n))
+        return f"modes {tuple(m_modes)} x {tuple(n_modes)}, TT rank up to {rank}"
+
+    plan("dsf", dsf_plan)
+    plan("palm4msa", lambda: palm_plan("palm4msa"))
+    plan("hierarchical", lambda: palm_plan("hierarchical"))
+    plan("svd", lambda: f"rank {svd._choose_rank(budget, m, n, None)} of {r}")
+    plan("tt", tt_plan)
+    plans["magnitude"] = f"the {budget:,} largest |W_ij| of {m * n:,}"
+    plans["wanda"] = f"{budget / m:.1f} weights per output row on average (of {n:,}), scored by |W_ij| * ||x_j||"
+    return plans
