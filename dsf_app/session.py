@@ -11,11 +11,12 @@ import streamlit as st
 import torch
 
 from dsf_core.calibration import recording_inputs
+from dsf_core.examples import synthetic_matrix
 from dsf_core.layers import LayerInfo, list_layers, weight_matrix
 from dsf_core.models import BUILTIN_MODELS, ModelBundle, load_builtin
 from dsf_core.models.loaders import load_checkpoint, load_hf, load_torchvision
 
-from .messages import or_stop
+from .messages import or_stop, plain_message
 
 DEFAULT_MODEL = "digits-cnn"
 MAX_UPLOAD_MB = 200  # also server.maxUploadSize in .streamlit/config.toml
@@ -185,6 +186,43 @@ def choose_density(where=st.sidebar, label: str = "Density (kept fraction of the
     value = where.slider(label, 0.01, 1.0, float(st.session_state.density), 0.01, key="_density_slider")
     st.session_state.density = value
     return value
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """The matrix a page works on: a model layer's weight, or a synthetic matrix."""
+
+    label: str  # e.g. "fc (128 x 512)"
+    key: tuple  # identifies the matrix, for result caches
+    weight: torch.Tensor  # what factorize() takes: out x in, or the 4-D conv kernel
+    matrix: torch.Tensor  # out x in
+    gram: torch.Tensor | None  # undamped input Gram X^T X / rows, when calibration data exists
+    gram_source: str  # where the Gram comes from, in words
+
+
+SYNTHETIC = "Synthetic matrix"
+
+
+def choose_target(bundle: ModelBundle) -> Target:
+    """Sidebar pickers for the matrix to work on: a layer of the model (default) or a synthetic
+    ``m x n`` matrix (rank 32 plus noise, with a Gram of unequal input scales)."""
+    source = st.sidebar.radio("Matrix", ["Model layer", SYNTHETIC], key="_target_source", horizontal=True)
+    if source == SYNTHETIC:
+        m = int(st.sidebar.number_input("Rows m", 2, 4096, 512, key="_synthetic_m"))
+        n = int(st.sidebar.number_input("Columns n", 2, 4096, 512, key="_synthetic_n"))
+        W, G = synthetic_matrix(m, n)
+        return Target(f"synthetic {m} x {n}", ("synthetic", m, n), W, W, G, f"synthetic inputs ({4 * n} rows)")
+    layer = choose_layer(bundle)
+    choice = current_choice()
+    try:
+        gram = calibration_grams(choice).get(layer.name)
+        gram_source = f"{CALIBRATION_SAMPLES} calibration samples of {choice.label}"
+    except Exception as exc:  # the model's own inputs failed: data-free methods still work
+        gram, gram_source = None, f"no calibration data ({plain_message(exc)})"
+    label = f"{layer.name} ({layer.shape[0]} x {layer.shape[1]})"
+    return Target(
+        label, (choice, layer.name), layer_kernel(bundle, layer.name), layer_weight(bundle, layer.name), gram, gram_source
+    )
 
 
 def layer_weight(bundle: ModelBundle, name: str) -> torch.Tensor:
