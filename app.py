@@ -21,15 +21,17 @@ SOURCES = {
     "builtin": "Built-in model",
     "torchvision": "torchvision architecture + weights file",
     "hf": "Hugging Face model directory",
-    "upload": "Upload a checkpoint",
+    "checkpoint": "Upload a checkpoint",
 }
 
 
-def select(choice: session.ModelChoice) -> None:
-    """Make ``choice`` the model of every page, if it loads; otherwise say why."""
+def load(make_choice) -> None:
+    """Make the model ``make_choice()`` names the model of every page, if it loads; otherwise
+    say why and keep the current one."""
     try:
+        choice = make_choice()
         session.cached_bundle(choice)
-    except Exception as exc:  # any failure to load is the user's file or path: say so, keep going
+    except Exception as exc:  # a failure to load is the user's file, path or form: say so, keep going
         st.error(f"Could not load the model: {plain_message(exc)}")
         return
     st.session_state.model_choice = choice
@@ -38,26 +40,37 @@ def select(choice: session.ModelChoice) -> None:
 
 left, right = st.columns([2, 1])
 with left:
-    source = st.radio("Model source", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="home_source")
+    current = session.current_choice()
+    source = st.radio(
+        "Model source",
+        list(SOURCES),
+        index=list(SOURCES).index(current.kind),
+        format_func=SOURCES.get,
+        horizontal=True,
+        key="home_source",
+    )
     if source == "builtin":
         names = list(BUILTIN_MODELS)
-        current = session.current_choice()
-        index = names.index(current.name) if current.kind == "builtin" else 0
-        name = st.selectbox(
-            "Built-in model", names, index=index, format_func=lambda n: f"{n}: {BUILTIN_MODELS[n][1]}", key="home_builtin"
+        st.selectbox(
+            "Built-in model",
+            names,
+            index=names.index(current.name) if current.kind == "builtin" else None,
+            format_func=lambda n: f"{n}: {BUILTIN_MODELS[n][1]}",
+            placeholder="Choose a built-in model",
+            key="home_builtin",
+            on_change=lambda: load(lambda: session.ModelChoice("builtin", st.session_state.home_builtin)),
         )
-        if current != session.ModelChoice("builtin", name):
-            select(session.ModelChoice("builtin", name))
     elif source == "torchvision":
         arch = st.text_input("Architecture (e.g. resnet18)", key="home_tv_arch")
         path = st.text_input("Weights file on this server (a state dict: .pth, .pt or .safetensors)", key="home_tv_path")
         classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, key="home_tv_classes")
+        shape = st.text_input("Input shape (channels, height, width)", "3, 224, 224", key="home_tv_shape")
         if st.button("Load", key="home_tv_load", disabled=not (arch and path)):
-            select(session.ModelChoice("torchvision", arch.strip(), path.strip(), int(classes) or None))
+            load(lambda: session.ModelChoice("torchvision", arch.strip(), path.strip(), int(classes) or None, session.parse_input_shape(shape)))
     elif source == "hf":
         path = st.text_input("Model directory on this server (config.json + .safetensors)", key="home_hf_path")
         if st.button("Load", key="home_hf_load", disabled=not path):
-            select(session.ModelChoice("hf", path=path.strip()))
+            load(lambda: session.ModelChoice("hf", path=path.strip()))
     else:
         st.caption(
             f"A TorchScript file, or a state dict of a torchvision architecture (loaded without "
@@ -66,13 +79,17 @@ with left:
         upload = st.file_uploader("Checkpoint", type=["pt", "pth", "safetensors"], key="home_upload")
         arch = st.text_input("torchvision architecture of a state dict (empty for TorchScript)", key="home_up_arch")
         classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, key="home_up_classes")
+        shape = st.text_input("Input shape (channels, height, width)", "3, 224, 224", key="home_up_shape")
         if st.button("Load", key="home_up_load", disabled=upload is None):
-            try:
-                path = session.save_upload(upload.name, upload.getvalue())
-            except ValueError as exc:
-                st.error(f"Could not load the model: {plain_message(exc)}")
-            else:
-                select(session.ModelChoice("checkpoint", arch.strip(), str(path), int(classes) or None))
+            load(
+                lambda: session.ModelChoice(
+                    "checkpoint",
+                    arch.strip(),
+                    str(session.save_upload(upload.name, upload.getvalue())),
+                    int(classes) or None,
+                    session.parse_input_shape(shape),
+                )
+            )
 with right:
     options = [session.CPU, session.CUDA]
     st.session_state.device = st.radio(
@@ -96,6 +113,12 @@ cols[0].metric("Parameters", f"{n_params:,}")
 cols[1].metric("Factorizable layers", len(layers))
 cols[2].metric("In those layers", f"{sum(layer.n_params for layer in layers) / max(n_params, 1):.0%}")
 cols[3].metric(bundle.metric_name.replace("_", " "), f"{metrics[bundle.metric_name]:.4g}")
+if not layers:
+    st.warning(
+        "This model has no layer DSF Explorer can factorize (Linear, ungrouped Conv2d, transformers Conv1D). "
+        "A TorchScript file keeps its layers compiled, so its weights cannot be swapped for factors: "
+        "load a state dict of its architecture instead."
+    )
 st.dataframe(
     pd.DataFrame(
         {

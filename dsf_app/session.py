@@ -37,6 +37,7 @@ class ModelChoice:
     name: str = ""
     path: str = ""
     num_classes: int | None = None
+    input_shape: tuple[int, int, int] = (3, 224, 224)  # classifier inputs (channels, height, width)
 
     @property
     def label(self) -> str:
@@ -63,13 +64,17 @@ def load_choice(choice: ModelChoice) -> ModelBundle:
     if choice.kind == "builtin":
         return load_builtin(choice.name)
     if choice.kind == "torchvision":
-        return load_torchvision(choice.name, choice.path, num_classes=choice.num_classes)
+        return load_torchvision(
+            choice.name, choice.path, num_classes=choice.num_classes, input_shape=choice.input_shape
+        )
     if choice.kind == "hf":
         return load_hf(choice.path)
     if choice.kind == "checkpoint":
         if choice.name:
-            return load_torchvision(choice.name, choice.path, num_classes=choice.num_classes)
-        return load_checkpoint(choice.path)
+            return load_torchvision(
+                choice.name, choice.path, num_classes=choice.num_classes, input_shape=choice.input_shape
+            )
+        return load_checkpoint(choice.path, input_shape=choice.input_shape)
     raise ValueError(f"Unknown model source {choice.kind!r}.")
 
 
@@ -99,6 +104,17 @@ def calibration_grams(choice: ModelChoice, n_samples: int = CALIBRATION_SAMPLES)
         for batch in bundle.calibration_inputs(n_samples):
             bundle.forward(bundle.model, batch)
     return {name: acc.gram(0.0) for name, acc in accumulators.items() if acc.rows > 0}
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """``"3, 224, 224"`` -> ``(3, 224, 224)``; a plain-words ValueError otherwise."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1 or max(shape) > 4096:
+        raise ValueError(f"The input shape must be three positive numbers 'channels, height, width'. Got {text!r}.")
+    return shape
 
 
 def save_upload(name: str, data: bytes) -> Path:

@@ -1,0 +1,138 @@
+"""The Home page (app.py) in Streamlit's AppTest: model choice, device, summary, and bad input."""
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as save_safetensors
+from streamlit.testing.v1 import AppTest
+from torch import nn
+
+from dsf_app import session
+from dsf_core._torchvision_compat import import_torchvision
+from dsf_core.layers import list_layers
+from dsf_core.models import load_builtin
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def home() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=60).run()
+
+
+def metrics(at) -> dict:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_default_model_summary_matches_the_library():
+    at = home()
+    assert not at.exception and not at.error
+    reference = load_builtin("digits-cnn")
+    shown = metrics(at)
+    assert shown["Parameters"] == f"{sum(p.numel() for p in reference.model.parameters()):,}"
+    assert shown["accuracy"] == f"{reference.evaluate(reference.model)['accuracy']:.4g}"
+    table = at.dataframe[0].value
+    assert list(table["layer"]) == [layer.name for layer in list_layers(reference.model)]
+    assert list(table["parameters"]) == [layer.n_params for layer in list_layers(reference.model)]
+
+
+def test_choosing_another_builtin_changes_the_summary_and_persists():
+    at = home()
+    at.selectbox(key="home_builtin").set_value("tiny-lm").run()
+    assert not at.exception and not at.error
+    assert at.session_state.model_choice == session.ModelChoice("builtin", "tiny-lm")
+    assert "perplexity" in metrics(at)
+    assert len(at.dataframe[0].value) == len(list_layers(load_builtin("tiny-lm").model))
+    at.run()  # a later run keeps the choice
+    assert "perplexity" in metrics(at)
+
+
+def test_cuda_choice():
+    at = home()
+    at.radio(key="home_device").set_value("CUDA").run()
+    assert not at.exception
+    if torch.cuda.is_available():
+        assert not at.warning
+    else:
+        assert "no CUDA GPU" in at.warning[0].value
+        assert "accuracy" in metrics(at)  # the page keeps working on the CPU
+
+
+def _upload(at, name, data, arch="", shape="3, 224, 224"):
+    at.radio(key="home_source").set_value("checkpoint").run()
+    at.file_uploader(key="home_upload").set_value((name, data, "application/octet-stream")).run()
+    at.text_input(key="home_up_arch").set_value(arch)
+    at.text_input(key="home_up_shape").set_value(shape)
+    return at.button(key="home_up_load").click().run()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_upload_torchscript_loads_but_says_it_cannot_be_factorized():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.trace(net, torch.randn(1, 1, 8, 8)), buffer)
+    at = _upload(home(), "net.pt", buffer.getvalue(), shape="1, 8, 8")
+    assert not at.exception and not at.error
+    assert at.session_state.model_choice.kind == "checkpoint"
+    assert metrics(at)["top1 agreement"] == "1"
+    assert "TorchScript" in at.warning[0].value
+
+
+def test_upload_torchvision_state_dict():
+    tv = import_torchvision()
+    model = tv.models.mobilenet_v3_small(num_classes=4)
+    data = save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()})
+    at = home()
+    at.radio(key="home_source").set_value("checkpoint").run()
+    at.number_input(key="home_up_classes").set_value(4)
+    at = _upload(at, "small.safetensors", data, arch="mobilenet_v3_small", shape="3, 32, 32")
+    assert not at.exception and not at.error
+    assert len(at.dataframe[0].value) == len(list_layers(model))
+
+
+@pytest.mark.parametrize(
+    "name, data, arch, shape, message",
+    [
+        ("junk.pt", b"not a checkpoint", "", "3, 8, 8", "Could not load the model"),
+        ("empty.pt", b"", "", "3, 8, 8", "empty"),
+        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "resnet18", "3, 32, 32", "Could not load the model"),
+        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "not_a_net", "3, 32, 32", "not a torchvision model"),
+        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "", "3, 32", "three positive numbers"),
+    ],
+)
+def test_bad_uploads_are_plain_messages_and_the_model_stays(name, data, arch, shape, message):
+    at = _upload(home(), name, data, arch, shape)
+    assert not at.exception
+    assert message in at.error[0].value
+    assert at.session_state.model_choice == session.ModelChoice("builtin", "digits-cnn")
+    assert "accuracy" in metrics(at)  # the page still shows the current model
+
+
+def test_upload_over_the_size_limit(monkeypatch):
+    monkeypatch.setattr(session, "MAX_UPLOAD_MB", 0)
+    at = _upload(home(), "big.pt", b"x" * 2048)
+    assert "uploads are limited to 0 MB" in at.error[0].value
+
+
+def test_missing_files_and_directories(tmp_path):
+    at = home()
+    at.radio(key="home_source").set_value("torchvision").run()
+    at.text_input(key="home_tv_arch").set_value("resnet18")
+    at.text_input(key="home_tv_path").set_value(str(tmp_path / "missing.pth")).run()
+    at.button(key="home_tv_load").click().run()
+    assert not at.exception and "missing.pth" in at.error[0].value
+    at.radio(key="home_source").set_value("hf").run()
+    at.text_input(key="home_hf_path").set_value(str(tmp_path)).run()
+    at.button(key="home_hf_load").click().run()
+    assert not at.exception and "config.json" in at.error[0].value
+    assert at.session_state.model_choice.name == "digits-cnn"
+
+
+def test_the_cached_model_is_not_modified():
+    at = home()
+    bundle = session.cached_bundle(session.ModelChoice("builtin", "digits-cnn"))
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    at.run()
+    after = bundle.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
