@@ -17,7 +17,7 @@ import torch
 
 from .messages import plain_message
 
-REFRESH_SECONDS = 0.25
+REFRESH_SECONDS = 1.0  # each redraw holds the GIL; faster redraws slow the job itself down several-fold
 
 
 class Job:

@@ -219,6 +219,12 @@ class Target:
 SYNTHETIC = "Synthetic matrix"
 
 
+@st.cache_resource(max_entries=4, show_spinner="Making the synthetic matrix...")
+def cached_synthetic(m: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dsf_core.examples.synthetic_matrix(m, n)``, made once (its Gram costs O(n^3))."""
+    return synthetic_matrix(m, n)
+
+
 def choose_target(bundle: ModelBundle) -> Target:
     """Sidebar pickers for the matrix to work on: a layer of the model (default) or a synthetic
     ``m x n`` matrix (rank 32 plus noise, with a Gram of unequal input scales)."""
@@ -226,7 +232,7 @@ def choose_target(bundle: ModelBundle) -> Target:
     if source == SYNTHETIC:
         m = int(st.sidebar.number_input("Rows m", 2, 4096, 512, key="_synthetic_m"))
         n = int(st.sidebar.number_input("Columns n", 2, 4096, 512, key="_synthetic_n"))
-        W, G = synthetic_matrix(m, n)
+        W, G = cached_synthetic(m, n)
         return Target(f"synthetic {m} x {n}", ("synthetic", m, n), W, W, G, f"synthetic inputs ({4 * n} rows)")
     layer = choose_layer(bundle)
     choice = current_choice()

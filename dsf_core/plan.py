@@ -9,8 +9,11 @@ def budget_plan(shape: tuple[int, int], density: float) -> dict[str, str]:
     """For each method, a short description of the sizes its defaults choose for an ``m x n``
     matrix at ``density`` (e.g. ``"rank 12"``), or why the budget is below its minimum."""
     m, n = shape
-    budget = int(density * m * n)
+    budget = int(density * m * n + 1e-9)  # as factorize() counts it
     r = min(m, n)
+    if budget < 1:
+        reason = f"not possible: density {density} of a {m} x {n} matrix leaves a budget of 0 parameters"
+        return {name: reason for name in ("dsf", "palm4msa", "hierarchical", "svd", "tt", "magnitude", "wanda")}
     plans = {}
 
     def plan(name, describe):

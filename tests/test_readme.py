@@ -5,7 +5,8 @@ from pathlib import Path
 
 import dsf_core
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 
 
 def test_readme_lists_exactly_the_registered_methods():
@@ -24,3 +25,18 @@ def test_readme_lists_exactly_the_builtin_models():
 def test_readme_library_example_runs():
     example = re.search(r"## The library in one example\n\n```python\n(.*?)```", README, re.S).group(1)
     exec(compile(example, "README example", "exec"), {})
+
+
+def test_setup_is_two_commands_install_and_app_then_the_ci_test_command():
+    block = re.search(r"## Set up.*?```bash\n(.*?)```", README, re.S).group(1)
+    install, test = block.strip().splitlines()
+    assert "pip install -r requirements.txt" in install and install.endswith("streamlit run app.py")
+    assert (ROOT / "app.py").is_file()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test in ci.splitlines()
+
+
+def test_readme_screenshots_exist():
+    shots = re.findall(r"!\[[^\]]*\]\((docs/screenshots/[\w.-]+\.png)\)", README)
+    assert len(shots) >= 6  # Home and every page
+    assert all((ROOT / shot).is_file() for shot in shots)

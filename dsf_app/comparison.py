@@ -1,0 +1,182 @@
+"""Every method on one matrix at the same budget, and the error of each across densities."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from dsf_core import METHODS, damp_gram, factorize
+
+from .messages import USER_ERRORS, plain_message
+
+DAMPING = 0.01  # fraction of the Gram's mean diagonal added before activation-aware runs
+GRAM_METHODS = tuple(name for name, spec in METHODS.items() if spec.uses_gram != "no")
+SWEEP_DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+
+Report = Callable[..., bool]  # report(item=None, fraction=None) -> False once the user pressed Stop
+
+BELOW_MINIMUM = "below the method's minimum"
+_BUDGET_ERROR = re.compile(r"needs (\d+) parameters for (.+), more than the budget of (\d+) parameters")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method at one density: its errors and costs, or in ``note`` why there are none."""
+
+    method: str
+    density: float
+    error: float | None = None  # relative error of the weight
+    output_error: float | None = None  # output error on the calibration inputs (undamped Gram)
+    n_params: int | None = None
+    n_bytes: int | None = None
+    flops: int | None = None
+    seconds: float | None = None
+    device: str = ""
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is not None
+
+
+def quick_options(method: str, quick: bool) -> dict:
+    """The method's "quick" preset when ``quick`` (an empty dict if it has none), else defaults."""
+    return dict(METHODS[method].presets.get("quick", {})) if quick else {}
+
+
+def why_not(exc: BaseException) -> str:
+    """A plain-words reason a method gave no result, e.g. that the budget is below its minimum."""
+    text = plain_message(exc)
+    found = _BUDGET_ERROR.search(text)
+    if found:
+        needed, what, budget = found.groups()
+        return f"{BELOW_MINIMUM}: it needs {needed} parameters ({what}), the budget is {budget}"
+    if "budget of 0 parameters" in text:
+        return f"{BELOW_MINIMUM}: the density leaves a budget of 0 parameters"
+    return f"failed: {text}"
+
+
+def run_one(target, method: str, density: float, *, aware: bool, quick: bool, device, callback=None) -> Row | None:
+    """Factorize ``target.weight`` by ``method`` at ``density``; failures become a ``Row`` note,
+    and ``None`` means ``callback`` stopped the run.
+
+    Activation-aware runs give methods that read a Gram the damped calibration Gram; errors on
+    the outputs always use the undamped one.
+    """
+    reads_gram = METHODS[method].uses_gram != "no"
+    use_gram = aware and reads_gram and target.gram is not None
+    gram = damp_gram(target.gram, DAMPING) if use_gram else None
+    try:
+        result = factorize(
+            target.weight, method, density=density, gram=gram, device=device, callback=callback,
+            **quick_options(method, quick),
+        )
+    except (*USER_ERRORS, MemoryError) as exc:
+        return Row(method, density, note=why_not(exc))
+    if result.info.get("stopped_early"):
+        return None
+    output_error = None if target.gram is None else result.error(target.matrix, target.gram)
+    note = "data-free (the method reads no Gram)" if aware and not reads_gram else ""
+    return Row(
+        method, density, result.error(target.matrix), output_error, result.n_params, result.n_bytes,
+        result.flops, result.seconds, str(result.device), note,
+    )
+
+
+def run_all(target, density: float, methods: Sequence[str], *, aware: bool, quick: bool, device,
+            report: Report | None = None) -> list[Row]:
+    """Each of ``methods`` on ``target`` at ``density``; stops early (with the rows done) when
+    ``report`` returns False."""
+    return _run_grid(target, [density], methods, aware=aware, quick=quick, device=device, report=report)
+
+
+def sweep(target, densities: Sequence[float], methods: Sequence[str], *, aware: bool, quick: bool, device,
+          report: Report | None = None) -> list[Row]:
+    """Each of ``methods`` at each of ``densities`` (in increasing order)."""
+    return _run_grid(target, sorted(densities), methods, aware=aware, quick=quick, device=device, report=report)
+
+
+def _run_grid(target, densities, methods, *, aware, quick, device, report) -> list[Row]:
+    rows, total = [], len(densities) * len(methods)
+    keep_going = (lambda *_: True) if report is None else report
+    for density in densities:
+        for method in methods:
+            row = run_one(target, method, density, aware=aware, quick=quick, device=device,
+                          callback=lambda step, objective: keep_going())
+            if row is None:
+                return rows
+            rows.append(row)
+            if not keep_going(row, len(rows) / total):
+                return rows
+    return rows
+
+
+def progress_text(rows: Sequence[Row], total: int) -> str:
+    """A one-line account of a running comparison, e.g. ``2 of 7 done: dsf 0.304, svd 0.539``."""
+    last = [f"{r.method} at {r.density:.2f}: " + (f"{r.error:.3f}" if r.ok else "no result") for r in rows[-4:]]
+    done = ", ".join(last)
+    return f"{len(rows)} of {total} done" + (f"; last: {done}" if rows else "")
+
+
+def best(rows: Sequence[Row], attribute: str) -> Row | None:
+    """The row with the smallest ``attribute`` (``"error"`` or ``"output_error"``) among those that ran."""
+    ran = [row for row in rows if getattr(row, attribute) is not None]
+    return min(ran, key=lambda row: getattr(row, attribute), default=None)
+
+
+def winners(rows: Sequence[Row]) -> str:
+    """Which method has the lowest error of each kind, in words (Markdown)."""
+    found = [
+        f"lowest {what}: **{row.method}** ({getattr(row, attribute):.4f})"
+        for what, attribute in [("relative error", "error"), ("output error", "output_error")]
+        if (row := best(rows, attribute)) is not None
+    ]
+    return "Best here: " + "; ".join(found) + "."
+
+
+def table(rows: Sequence[Row], *, with_output_error: bool) -> pd.DataFrame:
+    """The comparison table: numbers where a method ran, a plain reason where it did not."""
+    columns = {
+        "method": [r.method for r in rows],
+        "relative error": [r.error for r in rows],
+        "output error": [r.output_error for r in rows],
+        "parameters": [r.n_params for r in rows],
+        "bytes": [r.n_bytes for r in rows],
+        "FLOPs": [r.flops for r in rows],
+        "seconds": [r.seconds for r in rows],
+        "device": [r.device for r in rows],
+        "note": [r.note for r in rows],
+    }
+    if not with_output_error:
+        del columns["output error"]
+    return pd.DataFrame(columns)
+
+
+def sweep_figure(rows: Sequence[Row], methods: Sequence[str], *, output_error: bool) -> go.Figure:
+    """Error against density, one line per method (a method's densities below its minimum are absent)."""
+    fig = go.Figure()
+    for method in methods:
+        done = [r for r in rows if r.method == method and r.ok]
+        fig.add_trace(go.Scatter(
+            x=[r.density for r in done],
+            y=[r.output_error if output_error else r.error for r in done],
+            mode="lines+markers",
+            name=method,
+        ))
+    what = "output error on calibration inputs" if output_error else "relative error of the weight"
+    fig.update_layout(
+        title=f"{what} against density", xaxis_title="density (kept fraction of the weights)",
+        yaxis_title=what, height=420, margin=dict(l=10, r=10, t=40, b=10),
+    )
+    return fig
+
+
+def budget(target, density: float) -> int:
+    """The parameter budget ``factorize`` gives ``target`` at ``density``."""
+    m, n = target.matrix.shape
+    return int(density * m * n + 1e-9)
+

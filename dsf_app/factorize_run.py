@@ -1,0 +1,202 @@
+"""What the Factorize page computes, without Streamlit: options from widget values, one run with its
+summary, the bounded result cache and the rows of the result table."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+
+import dsf_core
+from dsf_core import METHODS, Factorization, Option
+
+CACHE_SIZE = 16
+GRAM_DAMPING = 0.01  # activation-aware runs add 1% of the mean diagonal to the Gram's diagonal
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+def base_options(method: str, quick: bool) -> dict:
+    """Each option's starting value: its default, overlaid with the ``quick`` preset if asked."""
+    spec = METHODS[method]
+    values = {name: option.default for name, option in spec.options.items()}
+    if quick:
+        values.update(spec.presets.get("quick", {}))
+    return values
+
+
+def start_value(option: Option):
+    """A value to offer when the user switches an option off "auto" (its default is None)."""
+    if option.kind is float and option.low is not None and option.high is not None:
+        return (option.low + option.high) / 2
+    if option.low is None:
+        return option.kind(0)
+    return option.kind(option.low + (1 if option.kind is int and option.low_open else 0))
+
+
+def resolve_options(method: str, values: Mapping[str, Any]) -> dict:
+    """The options ``factorize`` will use (None: the method's automatic choice), each checked;
+    raises ``ValueError``/``TypeError`` in plain words when one is out of range."""
+    return METHODS[method].resolve_options(dict(values))
+
+
+def max_steps(method: str, options: Mapping[str, Any]) -> int | None:
+    """The most callback steps a run can take, where the method has such a bound."""
+    if method == "dsf":
+        return options["n_rounds"]
+    if method == "palm4msa":
+        return options["n_iter"]
+    if method == "hierarchical":  # each split: one 2-factor pass and one global pass
+        return 2 * (options["n_factors"] - 1) * options["n_iter"]
+    return None
+
+
+def progress_fraction(method: str, options: Mapping[str, Any], step: int) -> float | None:
+    """How far a run is after callback ``step`` (DSF counts rounds from 0, PALM4MSA sweeps from 1)."""
+    total = max_steps(method, options)
+    if total is None:
+        return None
+    done = step + 1 if method == "dsf" else step
+    return min(done / total, 1.0)
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Outcome:
+    """A finished (or stopped) factorization and what the page shows of it."""
+
+    result: Factorization
+    relative_error: float
+    output_error: float | None  # on the calibration inputs (undamped Gram), when there is one
+    stopped: bool
+    approximation: torch.Tensor  # m x n, on the CPU
+    singular_values: torch.Tensor  # of the approximation
+    original_values: torch.Tensor  # of the original matrix
+    rank: int  # numerical rank of the approximation
+
+    @property
+    def steps(self) -> int:
+        return len(self.result.history)
+
+
+def numerical_rank(singular_values: torch.Tensor, shape: tuple[int, int], dtype=torch.float32) -> int:
+    """Singular values above ``max(m, n) * eps * sigma_max`` (numpy's and torch's matrix_rank rule),
+    with ``eps`` of the dtype the factors are stored in."""
+    if singular_values.numel() == 0:
+        return 0
+    tolerance = max(shape) * torch.finfo(dtype).eps * float(singular_values.max())
+    return int((singular_values > tolerance).sum())
+
+
+def summarize(result: Factorization, matrix: torch.Tensor, gram: torch.Tensor | None) -> Outcome:
+    """Errors, the approximation and both spectra of ``result`` against ``matrix`` (``gram``: the
+    undamped calibration Gram, or None)."""
+    approximation = result.to_matrix().detach().float().cpu()
+    singular_values = torch.linalg.svdvals(approximation.double())
+    return Outcome(
+        result=result,
+        relative_error=result.error(matrix),
+        output_error=None if gram is None else result.error(matrix, gram),
+        stopped=bool(result.info.get("stopped_early")),
+        approximation=approximation,
+        singular_values=singular_values,
+        original_values=torch.linalg.svdvals(matrix.detach().double().cpu()),
+        rank=numerical_rank(singular_values, tuple(approximation.shape), result.factors[0].dtype),
+    )
+
+
+def run(
+    weight: torch.Tensor,
+    matrix: torch.Tensor,
+    gram: torch.Tensor | None,
+    method: str,
+    options: Mapping[str, Any],
+    *,
+    density: float,
+    aware: bool,
+    device: torch.device,
+    callback: Callable[[int, float], bool] | None = None,
+) -> Outcome:
+    """Factorize ``weight`` (activation-aware with the damped ``gram`` if ``aware``) and summarize
+    it against ``matrix`` and the undamped ``gram``."""
+    fit_gram = dsf_core.damp_gram(gram, GRAM_DAMPING) if aware and gram is not None else None
+    result = dsf_core.factorize(
+        weight, method, density=density, gram=fit_gram, device=device, callback=callback, **options
+    )
+    return summarize(result, matrix, gram)
+
+
+# --- the result cache --------------------------------------------------------------------------
+
+
+def run_key(target_key: tuple, method: str, options: Mapping[str, Any], density: float, aware: bool, device) -> tuple:
+    """Everything that determines a run's result (the seed is always 0)."""
+    return (target_key, method, tuple(sorted(options.items())), float(density), bool(aware), str(device))
+
+
+def recall(cache: OrderedDict, key: tuple) -> Outcome | None:
+    """The cached outcome of ``key`` (now the most recently used), or None."""
+    if key not in cache:
+        return None
+    cache.move_to_end(key)
+    return cache[key]
+
+
+def remember(cache: OrderedDict, key: tuple, outcome: Outcome, limit: int = CACHE_SIZE) -> None:
+    """Cache ``outcome`` under ``key``, dropping the least recently used beyond ``limit`` entries."""
+    cache[key] = outcome
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
+
+
+# --- what the page shows -----------------------------------------------------------------------
+
+
+def dense_sizes(shape: tuple[int, int], element_size: int = 4) -> dict:
+    """Parameters, bytes and FLOPs per input row of the dense ``m x n`` matrix."""
+    m, n = shape
+    return {"n_params": m * n, "n_bytes": m * n * element_size, "flops": 2 * m * n}
+
+
+def summary_rows(outcome: Outcome) -> list[dict]:
+    """The result table: one row per quantity, with the dense matrix's value beside it."""
+    result = outcome.result
+    dense = dense_sizes(result.shape, result.factors[0].element_size())
+    rows = [
+        ("Relative error", f"{outcome.relative_error:.4g}", "0"),
+        (
+            "Output error (calibration inputs)",
+            "-" if outcome.output_error is None else f"{outcome.output_error:.4g}",
+            "0",
+        ),
+        ("Parameters", f"{result.n_params:,} ({result.n_params / dense['n_params']:.1%})", f"{dense['n_params']:,}"),
+        ("Bytes (CSR for sparse factors)", f"{result.n_bytes:,}", f"{dense['n_bytes']:,}"),
+        ("FLOPs per input row", f"{result.flops:,}", f"{dense['flops']:,}"),
+        ("Rank of the product", f"{outcome.rank}", f"{numerical_rank(outcome.original_values, result.shape)}"),
+        ("Steps run", f"{outcome.steps}" + (" (stopped)" if outcome.stopped else ""), "-"),
+        ("Seconds", f"{result.seconds:.3f}", "-"),
+        ("Device", str(result.device), "-"),
+    ]
+    return [{"quantity": q, "factorization": v, "dense matrix": d} for q, v, d in rows]
+
+
+def factor_label(result: Factorization, index: int) -> str:
+    """A factor's name: A/B for two factors, S_1..S_Q for more, the pruned W alone."""
+    count = len(result.factors)
+    if count == 1:
+        return "Pruned W"
+    if count == 2 and result.method in ("dsf", "svd"):
+        return "AB"[index]
+    return f"S_{index + 1}"
+
+
+def core_matrix(core: torch.Tensor) -> torch.Tensor:
+    """A TT core ``(r_prev, m_k, n_k, r_next)`` unfolded to ``(r_prev * m_k) x (n_k * r_next)``."""
+    r_prev, m_k, n_k, r_next = core.shape
+    return core.detach().float().cpu().reshape(r_prev * m_k, n_k * r_next)

@@ -1,0 +1,211 @@
+"""The Learn page's live demonstrations: every method on one matrix at one budget, hierarchical
+PALM4MSA recovering the Hadamard butterflies where SVD cannot, and SVD winning on low rank."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import plotly.graph_objects as go
+import torch
+
+from dsf_core import METHODS, Factorization, factorize
+
+from . import toys
+from .messages import USER_ERRORS, plain_message
+
+LOW_RANK_METHODS = ("svd", "dsf", "palm4msa", "tt", "magnitude")
+
+# For the page's tabs: (introduction, LaTeX formulas, remark) per method family.
+METHOD_NOTES = {
+    "DSF": (
+        "**Double Sparse Factorization** (Boza & Macko, 2025): two sparse factors, `A` (m x r) and `B` (r x n).",
+        [
+            r"\min_{A,B}\ \|W - AB\|_F^2 \quad \text{s.t.}\quad"
+            r"\operatorname{nnz}(A) + \operatorname{nnz}(B) \le \text{budget}"
+        ],
+        "It alternates: fix `A`, solve a sparse least-squares problem for `B` by a few ADMM steps (a ridge "
+        "solve, then keep the largest entries), then the other way round. The inner size `r = min(m, n)` "
+        "is not reduced, so unlike SVD the product can have full rank.",
+    ),
+    "Activation-aware": (
+        "A layer only ever sees its inputs `X` (calibration tokens or image patches as rows). With the "
+        "input Gram `G = XᵀX`, the error that matters is the layer's *output* error:",
+        [r"\|(W - AB)X^\top\|_F^2 \;=\; \operatorname{tr}\big((W - AB)\,G\,(W - AB)^\top\big)"],
+        "DSF, SVD, magnitude and Wanda can minimise this instead of the plain error (the *Factorize* "
+        "page's activation-aware mode). A Gram from few samples is damped: `G + 0.01 mean(diag G) I`.",
+    ),
+    "PALM4MSA": (
+        "**PALM4MSA** (Le Magoarou & Gribonval, 2016): a product of `Q` sparse factors and a scale.",
+        [
+            r"\min_{\lambda, S_1,\dots,S_Q}\ \|W - \lambda\, S_1 S_2 \cdots S_Q\|_F^2"
+            r"\quad \text{s.t.}\quad S_j \in \mathcal{E}_j",
+            r"S_j \leftarrow P_{\mathcal{E}_j}\!\Big(S_j - \tfrac{\lambda}{c}\, L^\top(\lambda L S_j R - W)R^\top\Big),"
+            r"\qquad c = 1.001\,\lambda^2 \|L\|_2^2 \|R\|_2^2",
+        ],
+        "`L` and `R` are the products left and right of `S_j`; the projection `P` keeps `k` entries per "
+        "row and/or column (`sp`, `splin`, `spcol`, `splincol`) and rescales to unit norm. The "
+        "**hierarchical** variant peels one factor at a time off a residual: that is how it finds the "
+        "butterfly factors of a Hadamard matrix.",
+    ),
+    "SVD": (
+        "**Truncated SVD**: keep the top `r` singular triplets, `r (m + n)` numbers.",
+        [r"W_r = U_r \Sigma_r V_r^\top, \qquad \|W - W_r\|_F = \sqrt{\textstyle\sum_{i > r} \sigma_i^2}"],
+        "Eckart-Young: no matrix of rank `r` is closer to `W`. Unbeatable on low-rank matrices, "
+        "helpless when the energy is spread over all singular values (Hadamard, DFT, noise).",
+    ),
+    "Tensor train": (
+        "**Tensor train (TT-matrix)**: split `m = m_1 ⋯ m_d`, `n = n_1 ⋯ n_d` and chain small cores.",
+        [
+            r"W\big[(i_1,\dots,i_d),(j_1,\dots,j_d)\big] = G_1[i_1, j_1]\, G_2[i_2, j_2] \cdots G_d[i_d, j_d],"
+            r"\qquad G_k[i_k, j_k] \in \mathbb{R}^{r_{k-1} \times r_k}"
+        ],
+        "Cores hold `r_{k-1} m_k n_k r_k` numbers. A Kronecker product such as a Hadamard matrix "
+        "(`H_{2n} = H_2 ⊗ H_n`) has TT rank 1: there TT is exact with very few numbers.",
+    ),
+    "Pruning": (
+        "**Pruning**: one sparse matrix, the kept weights unchanged.",
+        [
+            r"\text{magnitude: keep the largest } |W_{ij}| \qquad "
+            r"\text{Wanda: in each row, keep the largest } |W_{ij}|\,\|X_j\|_2"
+        ],
+        "`||X_j||_2 = sqrt(G_jj)`: Wanda favours weights on inputs that are large.",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One row per method that ran (``method``, ``relative error``, ``parameters``, ``density``,
+    ``seconds``, ``note``); ``stopped`` when Stop ended it before ``n_methods`` rows."""
+
+    rows: list
+    density: float
+    device: str
+    n_methods: int
+    stopped: bool
+
+
+def quick_options(method: str) -> dict:
+    """The method's ``quick`` preset (its defaults where it has none)."""
+    return dict(METHODS[method].presets.get("quick", {}))
+
+
+def run_method(matrix: torch.Tensor, method: str, density: float, device, keep_going: Callable[[], bool]) -> dict:
+    """One table row: ``method`` with its quick options on ``matrix`` at ``density``, or why it
+    could not run (``not possible: ...`` when the budget is below the method's minimum)."""
+    row = {"method": method, "relative error": math.nan, "parameters": None, "density": None, "seconds": None}
+    try:
+        result = factorize(
+            matrix,
+            method,
+            density=density,
+            device=device,
+            callback=lambda step, objective: keep_going(),
+            **quick_options(method),
+        )
+    except ValueError as exc:
+        return {**row, "note": f"not possible: {plain_message(exc)}"}
+    except (*USER_ERRORS, MemoryError) as exc:
+        return {**row, "note": f"failed: {plain_message(exc)}"}
+    return {
+        **row,
+        "relative error": result.error(matrix),
+        "parameters": result.n_params,
+        "density": result.density,
+        "seconds": result.seconds,
+        "note": "stopped early" if result.info["stopped_early"] else "",
+    }
+
+
+def compare(
+    matrix: torch.Tensor,
+    density: float,
+    *,
+    methods=tuple(METHODS),
+    device=None,
+    report: Callable = lambda *a, **k: True,
+) -> Comparison:
+    """Run ``methods`` one after the other at the same ``density``. ``report(row, fraction)`` (a
+    job's) gets each row; once it returns False the comparison ends with the rows so far."""
+    device = torch.device(device) if device is not None else matrix.device
+    rows = []
+    for method in methods:
+        rows.append(run_method(matrix, method, density, device, report))
+        if not report(rows[-1], len(rows) / len(methods)):
+            break
+    stopped = len(rows) < len(methods) or not report()
+    return Comparison(rows, density, device.type, len(methods), stopped)
+
+
+@dataclass(frozen=True)
+class HadamardDemo:
+    """Hierarchical PALM4MSA's butterflies of ``H_size`` and SVD at the parameters they store;
+    ``stopped`` when Stop ended the butterfly search early."""
+
+    size: int
+    hierarchical: Factorization
+    svd: Factorization
+    hierarchical_error: float
+    svd_error: float
+    stopped: bool
+
+
+def butterfly_density(size: int) -> float:
+    """The budget (as a density) that ``log2(size)`` splincol factors with ``k = 2`` must be
+    allowed: each can hold up to ``2 * 2 * size - 4`` nonzeros (a butterfly has ``2 * size``)."""
+    levels = int(math.log2(size))
+    return levels * (4 * size - 4) / size**2
+
+
+def hadamard_demo(size: int, device=None, report: Callable = lambda *a, **k: True) -> HadamardDemo:
+    """Factor ``H_size`` by hierarchical PALM4MSA (``log2(size)`` factors, splincol, ``k = 2``), then
+    SVD at the ``2 * size * log2(size)`` parameters that the butterflies store."""
+    if size < 4:
+        raise ValueError(f"The Hadamard demo needs a size of at least 4; got {size}.")
+    H = toys.hadamard(size)
+    levels = int(math.log2(size))
+    butterflies = factorize(
+        H,
+        "hierarchical",
+        density=butterfly_density(size),
+        n_factors=levels,
+        projection="splincol",
+        k=2,
+        device=device,
+        callback=lambda step, objective: report(None, 0.5),
+    )
+    svd = factorize(H, "svd", density=2 * size * levels / size**2, device=device)
+    report("svd", 1.0)
+    stopped = butterflies.info["stopped_early"]
+    return HadamardDemo(size, butterflies, svd, butterflies.error(H), svd.error(H), stopped)
+
+
+def low_rank_demo(size: int, rank: int, noise: float, seed: int = 0, device=None, report=lambda *a, **k: True):
+    """Every method of :data:`LOW_RANK_METHODS` on a rank-``rank`` toy plus noise, at exactly the
+    budget of truncated SVD at that rank."""
+    toy = toys.make(toys.spec_for("low_rank", size, seed, rank=rank, noise=noise))
+    return compare(toy.matrix, toy.natural_density, methods=LOW_RANK_METHODS, device=device, report=report)
+
+
+def error_bars(rows: list, title: str) -> go.Figure:
+    """Relative error per method (log scale; methods that could not run are left out)."""
+    ran = [row for row in rows if not math.isnan(row["relative error"])]
+    errors = [max(row["relative error"], 1e-16) for row in ran]
+    fig = go.Figure(
+        go.Bar(
+            x=[row["method"] for row in ran],
+            y=errors,
+            text=[f"{e:.2g}" for e in errors],
+            textposition="outside",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        yaxis_title="relative error (log)",
+        yaxis_type="log",
+        height=340,
+        margin=dict(l=10, r=10, t=40, b=10),
+    )
+    return fig

@@ -1,0 +1,283 @@
+"""Compress a whole model (or some of its layers), measure what it costs in accuracy and what it
+saves in stored values and bytes, and say how to do the same from the command line."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from dsf_core import METHODS
+from dsf_core.checkpoint import save_compressed
+from dsf_core.compress import LayerReport, compress_model
+from dsf_core.layers import select_layers
+from dsf_core.models import ModelBundle
+from dsf_core.stats import dense_file_bytes, stored_values
+
+from .comparison import BELOW_MINIMUM, quick_options, why_not
+from .messages import USER_ERRORS
+
+MAX_RUNS = 12  # runs kept per model; older ones (and their checkpoint files) are dropped
+CLI_OUT = "compressed.safetensors"
+
+Report = Callable[..., bool]  # report(item=None, fraction=None) -> False once the user pressed Stop
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that determines one compression run."""
+
+    method: str
+    density: float
+    layers: tuple[str, ...] = ()  # layer names; empty: every factorizable layer
+    calibration: int = 64  # calibration samples; 0: data-free
+    sequential: bool = False  # Grams collected on the partly compressed model (slower)
+    quick: bool = True  # the method's "quick" preset
+
+    @property
+    def pattern(self) -> str | None:
+        """The ``layers`` argument of ``compress_model`` (``None``: all)."""
+        return ",".join(self.layers) or None
+
+    @property
+    def preset(self) -> str | None:
+        return "quick" if self.quick and "quick" in METHODS[self.method].presets else None
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} at density {self.density:.2f}"
+
+
+@dataclass
+class Run:
+    """One finished (or stopped) compression run; the compressed model itself is not kept, its
+    checkpoint file is."""
+
+    settings: Settings
+    metrics: dict  # the compressed model's evaluation
+    metric: float  # its headline metric
+    stored_values: int  # numbers the whole compressed model stores
+    file_bytes: int  # size of its compressed checkpoint
+    layers: list[LayerReport]  # the layers compressed, in order
+    n_layers: int  # the layers chosen (more than len(layers) when stopped)
+    seconds: float
+    checkpoint: str  # path of the compressed checkpoint
+    number: int = 0  # set when kept, to name the run on the page
+
+    @property
+    def stopped(self) -> bool:
+        return len(self.layers) < self.n_layers
+
+    @property
+    def name(self) -> str:
+        return f"#{self.number} {self.settings.label}"
+
+
+@dataclass
+class Outcome:
+    """What a job of several runs produced: the runs, and why the others failed."""
+
+    runs: list[Run] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The dense model: its metric, stored values and file size."""
+
+    metric: float
+    stored_values: int
+    file_bytes: int
+
+
+def dense_reference(bundle: ModelBundle, metric: float) -> Reference:
+    return Reference(metric, stored_values(bundle.model), dense_file_bytes(bundle.model))
+
+
+class RunFailed(ValueError):
+    """A run that gave no model, with the reason in plain words."""
+
+
+def compress(bundle: ModelBundle, settings: Settings, model_spec: str, folder: str,
+             report: Report | None = None) -> Run:
+    """Compress a copy of ``bundle.model`` as ``settings`` say (per-layer progress through
+    ``report``, which stops the run by returning False), evaluate it and save its checkpoint in
+    ``folder``. Raises :class:`RunFailed` saying why (and for a budget too small, which layer)."""
+    chosen, done = [], []
+
+    def callback(count, total, layer: LayerReport):
+        done.append(layer)
+        return True if report is None else report(layer, count / total)
+
+    try:
+        chosen = select_layers(bundle.model, settings.pattern)
+        result = compress_model(
+            bundle, settings.method, settings.density, layers=settings.pattern, calibration=settings.calibration,
+            sequential=settings.sequential, evaluate=False, callback=callback,
+            **quick_options(settings.method, settings.quick),
+        )
+    except (*USER_ERRORS, MemoryError) as exc:
+        reason = why_not(exc)
+        if reason.startswith(BELOW_MINIMUM) and len(done) < len(chosen):  # a budget is per layer
+            reason = f"layer {chosen[len(done)].name}: {reason}"
+        raise RunFailed(f"{settings.label}, {reason}") from exc
+    metrics = {k: float(v) for k, v in bundle.evaluate(result.model).items()}
+    handle, path = tempfile.mkstemp(suffix=".safetensors", dir=folder)
+    os.close(handle)
+    file_bytes = save_compressed(path, result, model_spec)
+    return Run(
+        settings, metrics, metrics[bundle.metric_name], stored_values(result.model), file_bytes,
+        list(result.layers), len(chosen), result.seconds, path,
+    )
+
+
+def sweep(bundle: ModelBundle, runs: Sequence[Settings], model_spec: str, folder: str,
+          report: Report | None = None) -> Outcome:
+    """One :func:`compress` per entry of ``runs``, in order; a failed run is noted and skipped,
+    Stop ends the sweep (keeping the part of the current run that was done)."""
+    outcome = Outcome()
+    for index, settings in enumerate(runs):
+        try:
+            outcome.runs.append(compress(bundle, settings, model_spec, folder, _share(report, index, len(runs))))
+        except RunFailed as exc:
+            outcome.failures.append(str(exc))
+        if report is not None and not report(None, (index + 1) / len(runs)):
+            break
+    return outcome
+
+
+def _share(report: Report | None, index: int, count: int) -> Report | None:
+    """``report`` for run ``index`` of ``count``: its fraction mapped into that run's share."""
+    if report is None:
+        return None
+    return lambda item=None, fraction=None: report(item, None if fraction is None else (index + fraction) / count)
+
+
+def grid(base: Settings, methods: Sequence[str], densities: Sequence[float]) -> list[Settings]:
+    """``base`` with each method at each density (densities in increasing order)."""
+    return [replace(base, method=m, density=d) for m in methods for d in sorted(densities)]
+
+
+def keep(store: list[Run], new: Sequence[Run], limit: int = MAX_RUNS) -> None:
+    """Number ``new`` runs and add them to ``store``; drop the oldest beyond ``limit`` with their files."""
+    number = max((run.number for run in store), default=0)
+    for run in new:
+        number += 1
+        run.number = number
+        store.append(run)
+    while len(store) > limit:
+        Path(store.pop(0).checkpoint).unlink(missing_ok=True)
+
+
+def checkpoint_folder() -> str:
+    """A fresh temporary folder for compressed checkpoints."""
+    return tempfile.mkdtemp(prefix="dsf-tradeoffs-")
+
+
+def download_name(run: Run, model_label: str) -> str:
+    """A file name for the run's checkpoint, e.g. ``digits-cnn-dsf-d0.30.safetensors``."""
+    stem = re.sub(r"[^A-Za-z0-9_.]+", "-", Path(model_label).stem).strip("-") or "model"
+    return f"{stem}-{run.settings.method}-d{run.settings.density:.2f}.safetensors"
+
+
+# --- the same run from a terminal ---------------------------------------------------------------
+
+
+def cli_args(settings: Settings, model_spec: str, out: str = CLI_OUT) -> list[str]:
+    """The arguments of ``python -m dsf_core`` that run ``settings``; ``--calibration`` is always
+    written, as the app's default differs from the CLI's."""
+    args = ["compress", model_spec, "--method", settings.method, "--density", format(settings.density, "g")]
+    if settings.layers:
+        args += ["--layers", settings.pattern]
+    args += ["--calibration", str(settings.calibration)]
+    if not settings.sequential:
+        args.append("--independent")
+    if settings.preset:
+        args += ["--preset", settings.preset]
+    return args + ["--out", out]
+
+
+def cli_command(settings: Settings, model_spec: str, out: str = CLI_OUT) -> str:
+    return "python -m dsf_core " + shlex.join(cli_args(settings, model_spec, out))
+
+
+# --- tables and figures -----------------------------------------------------------------------
+
+
+def runs_table(runs: Sequence[Run], metric_name: str) -> pd.DataFrame:
+    """One row per run: its settings, its metric, what it stores, how it went."""
+    return pd.DataFrame({
+        "run": [run.number for run in runs],
+        "method": [run.settings.method for run in runs],
+        "density": [run.settings.density for run in runs],
+        "layers": [", ".join(run.settings.layers) or "all" for run in runs],
+        "calibration": [_calibration_text(run.settings) for run in runs],
+        "preset": [run.settings.preset or "defaults" for run in runs],
+        metric_name: [run.metric for run in runs],
+        "stored values": [run.stored_values for run in runs],
+        "checkpoint bytes": [run.file_bytes for run in runs],
+        "seconds": [round(run.seconds, 2) for run in runs],
+        "status": [_status(run) for run in runs],
+    })
+
+
+def _calibration_text(settings: Settings) -> str:
+    if settings.calibration == 0 or METHODS[settings.method].uses_gram == "no":
+        return "data-free"
+    return f"{settings.calibration} samples, " + ("sequential" if settings.sequential else "independent")
+
+
+def _status(run: Run) -> str:
+    if run.stopped:
+        return f"stopped after {len(run.layers)} of {run.n_layers} layers"
+    return f"{run.n_layers} layers"
+
+
+AXES = {"stored_values": "stored values (parameters)", "file_bytes": "checkpoint bytes"}
+
+
+def metric_figure(runs: Sequence[Run], dense: Reference, *, x: str, metric_name: str,
+                  higher_is_better: bool) -> go.Figure:
+    """The model metric against ``x`` (``"stored_values"`` or ``"file_bytes"``), one line per
+    method over its complete runs, with the dense model as a star and a dashed line."""
+    fig = go.Figure()
+    complete = [run for run in runs if not run.stopped]
+    for method in dict.fromkeys(run.settings.method for run in complete):
+        mine = sorted((run for run in complete if run.settings.method == method), key=lambda r: getattr(r, x))
+        fig.add_trace(go.Scatter(
+            x=[getattr(run, x) for run in mine], y=[run.metric for run in mine], mode="lines+markers", name=method,
+            text=[run.name for run in mine], hovertemplate="%{text}<br>%{x:,}<br>%{y:.4g}<extra></extra>",
+        ))
+    fig.add_trace(go.Scatter(
+        x=[getattr(dense, x)], y=[dense.metric], mode="markers", name="dense model",
+        marker=dict(symbol="star", size=14, color="black"),
+    ))
+    fig.add_hline(y=dense.metric, line_dash="dash", line_color="gray")
+    better = "higher" if higher_is_better else "lower"
+    fig.update_layout(
+        title=f"{metric_name} against {AXES[x]} ({better} is better)", xaxis_title=AXES[x], yaxis_title=metric_name,
+        height=400, margin=dict(l=10, r=10, t=40, b=10),
+    )
+    return fig
+
+
+def layer_error_figure(run: Run) -> go.Figure:
+    """Each compressed layer's relative weight error and, with calibration data, its
+    activation-weighted error."""
+    names = [layer.name for layer in run.layers]
+    fig = go.Figure(go.Bar(x=names, y=[layer.error for layer in run.layers], name="relative error"))
+    if any(layer.weighted_error is not None for layer in run.layers):
+        weighted = [layer.weighted_error for layer in run.layers]
+        fig.add_trace(go.Bar(x=names, y=weighted, name="activation-weighted error"))
+    fig.update_layout(
+        title=f"Per-layer error of run {run.name}", barmode="group", xaxis_title="layer", yaxis_title="error",
+        height=360, margin=dict(l=10, r=10, t=40, b=10),
+    )
+    return fig

@@ -1,0 +1,275 @@
+"""Factorize: run one method on the chosen matrix, live, and see everything about its result."""
+
+from collections import OrderedDict
+
+import pandas as pd
+import streamlit as st
+
+from dsf_app import factorize_run as fr
+from dsf_app import figures, jobs, session
+from dsf_app.figures import downsample
+from dsf_app.messages import plain_message
+from dsf_core import METHODS
+
+JOB = "fact_job"
+RESULTS = "fact_results"  # the bounded cache of outcomes, keyed by fr.run_key
+AWARE = "Activation-aware"
+QUICK_WAIT_SECONDS = 2.0  # a run this short shows its result at once (the 2 s target); longer ones go live
+
+session.setup_page("Factorize", ":material/call_split:")
+st.title("Factorize")
+bundle = session.current_bundle()
+target = session.choose_target(bundle)
+density = session.choose_density()
+session.warn_if_no_cuda()
+device = session.device()
+m, n = target.matrix.shape
+st.caption(
+    f"Approximate **{target.label}** within {density:.0%} of its {m * n:,} parameters "
+    f"({int(density * m * n):,} stored numbers). Matrix and density are chosen in the sidebar."
+)
+
+
+def option_widget(key: str, name: str, option, value):
+    """One widget for a method option: a selectbox for choices, else a number input (behind an
+    "auto" checkbox when the default is the method's own choice)."""
+    if option.choices is not None:
+        return st.selectbox(name, option.choices, index=option.choices.index(value), key=key, help=option.help)
+    if value is None:
+        if st.checkbox(f"{name}: auto", value=True, key=f"{key}_auto", help=option.help):
+            return None
+        value = fr.start_value(option)
+    kind = option.kind
+    return st.number_input(
+        name,
+        min_value=None if option.low is None else kind(option.low),
+        max_value=None if option.high is None else kind(option.high),
+        value=kind(value),
+        step=1 if kind is int else None,
+        format=None if kind is int else "%g",
+        key=key,
+        help=f"{option.help} Allowed: {option.range_text()}.",
+    )
+
+
+def option_widgets(method: str, quick: bool) -> dict:
+    """The method's options as widgets; returns their values (None: automatic)."""
+    spec = METHODS[method]
+    if not spec.options:
+        st.caption(f"{method} has no options: the density alone decides what it keeps.")
+        return {}
+    base = fr.base_options(method, quick)
+    mode = "quick" if quick else "full"
+    columns = st.columns(3)
+    values = {}
+    for i, (name, option) in enumerate(spec.options.items()):
+        with columns[i % 3]:
+            values[name] = option_widget(f"fact_opt_{method}_{mode}_{name}", name, option, base[name])
+    return values
+
+
+def aware_choice(method: str) -> bool:
+    """Data-free or activation-aware, where both make sense; says why not otherwise."""
+    if METHODS[method].uses_gram == "no":
+        st.caption(f"{method} is data-free only: it never reads calibration inputs.")
+        return False
+    if target.gram is None:
+        st.caption(f"Activation-aware runs need calibration inputs, and this matrix has none ({target.gram_source}).")
+        return False
+    choice = st.radio(
+        "Objective",
+        ["Data-free", AWARE],
+        key="fact_aware",
+        horizontal=True,
+        help="Data-free minimises ||W - W_hat||_F; activation-aware minimises the layer's output error "
+        "on the calibration inputs, sqrt(tr(D G D^T) / tr(W G W^T)) with D = W - W_hat.",
+    )
+    if choice == AWARE:
+        st.caption(f"Input Gram from {target.gram_source}, damped by 1% of its mean diagonal for the fit.")
+    return choice == AWARE
+
+
+def draw_live(job: jobs.Job) -> None:
+    """The convergence so far, from the library's callback."""
+    history = [objective for _, objective in job.progress]
+    if history:
+        figure = figures.convergence(history, "Convergence so far")
+        st.plotly_chart(figure, key="fact_live_convergence", width="stretch")
+        st.caption(f"{len(history)} steps so far; latest objective {history[-1]:.4g}.")
+
+
+def collect_finished_job(cache: OrderedDict) -> None:
+    """Move the result of a job that just ended into the cache (or keep its error to show)."""
+    job = jobs.current(JOB)
+    if job is None or job.running or "fact_job_key" not in st.session_state:
+        return
+    key = st.session_state.pop("fact_job_key")
+    if job.error is not None:
+        st.session_state.fact_failed = (key, job.error)
+    else:
+        fr.remember(cache, key, job.result)
+
+
+def draw_metrics(outcome: fr.Outcome) -> None:
+    result = outcome.result
+    dense = fr.dense_sizes(result.shape, result.factors[0].element_size())
+    first = st.columns(4)
+    first[0].metric("Relative error", f"{outcome.relative_error:.4g}", help="||W - W_hat||_F / ||W||_F")
+    if outcome.output_error is None:
+        first[1].metric("Output error", "-", help="Needs calibration inputs.")
+    else:
+        help_text = "sqrt(tr(D G D^T) / tr(W G W^T)), D = W - W_hat"
+        first[1].metric("Output error", f"{outcome.output_error:.4g}", help=help_text)
+    share = f"{result.n_params / dense['n_params']:.1%} of dense"
+    first[2].metric("Parameters", f"{result.n_params:,}", share, delta_color="off")
+    first[3].metric("Bytes (CSR)", f"{result.n_bytes:,}", f"dense: {dense['n_bytes']:,}", delta_color="off")
+    second = st.columns(4)
+    second[0].metric("FLOPs per input row", f"{result.flops:,}", f"dense: {dense['flops']:,}", delta_color="off")
+    second[1].metric("Seconds", f"{result.seconds:.3f}")
+    second[2].metric("Device", str(result.device))
+    second[3].metric("Steps run", outcome.steps)
+    if outcome.output_error is None:
+        st.caption(f"No output error: {target.gram_source}.")
+    else:
+        st.caption(
+            f"Output error: the layer's relative output error on the inputs of {target.gram_source} "
+            "(activation-weighted error with the undamped Gram), whichever objective the run used."
+        )
+    with st.expander("All numbers, beside the dense matrix's"):
+        st.dataframe(pd.DataFrame(fr.summary_rows(outcome)), hide_index=True, width="stretch")
+        st.caption(f"Method info: {result.info}")
+
+
+def draw_factors(outcome: fr.Outcome) -> None:
+    result = outcome.result
+    if result.kind == "tt":
+        st.subheader("Tensor-train cores")
+        st.caption(
+            "Each core (r_prev, m_k, n_k, r_next) is dense; shown unfolded as (r_prev m_k) x (n_k r_next). "
+            f"Core shapes: {', '.join(str(tuple(core.shape)) for core in result.factors)}."
+        )
+        columns = st.columns(min(len(result.factors), 3))
+        for i, core in enumerate(result.factors):
+            figure = figures.heatmap(fr.core_matrix(core), f"Core {i + 1} {tuple(core.shape)}")
+            columns[i % len(columns)].plotly_chart(figure, key=f"fact_core_{i}", width="stretch")
+        return
+    st.subheader("Sparsity pattern of each factor")
+    dense_note = " These factors are dense: every entry is stored." if not any(result.sparse) else ""
+    st.caption(
+        "Black where a factor entry is nonzero (large factors are shown as blocks whose grey level is "
+        f"their fraction of nonzeros); the product of the factors, left to right, is the approximation.{dense_note}"
+    )
+    columns = st.columns(min(len(result.factors), 3))
+    for i, factor in enumerate(result.factors):
+        figure = figures.spy(factor, fr.factor_label(result, i))
+        columns[i % len(columns)].plotly_chart(figure, key=f"fact_spy_{i}", width="stretch")
+
+
+def draw_matrices(outcome: fr.Outcome) -> None:
+    st.subheader("Original, approximation and error")
+    original = target.matrix.detach().float().cpu()
+    approximation = outcome.approximation
+    limit = max(float(downsample(original).abs().max()), float(downsample(approximation).abs().max())) or 1.0
+    st.caption("One colour scale for all three, so the error's size reads directly against the weights.")
+    shown = [
+        ("fact_original", "Original W", original),
+        ("fact_approx", "Approximation W_hat", approximation),
+        ("fact_error", "Error W - W_hat", original - approximation),
+    ]
+    for column, (key, title, matrix) in zip(st.columns(3), shown):
+        column.plotly_chart(figures.heatmap(matrix, title, zmax=limit), key=key, width="stretch")
+
+
+def draw_spectra(outcome: fr.Outcome) -> None:
+    st.subheader("Singular values")
+    curves = {"original": outcome.original_values, "approximation": outcome.singular_values}
+    title = f"Singular values: the product has numerical rank {outcome.rank} of {min(m, n)}"
+    log = st.toggle("Logarithmic axis", value=True, key="fact_spectrum_log")
+    st.plotly_chart(figures.spectrum(curves, title, log=log), key="fact_spectrum", width="stretch")
+    st.caption(
+        "Sparse factors can keep the full rank where a truncated SVD of the same budget cannot; "
+        "the rank counts singular values above max(m, n) x float eps x the largest."
+    )
+
+
+def draw_convergence(outcome: fr.Outcome) -> None:
+    history = outcome.result.history
+    st.subheader("Convergence")
+    if len(history) <= 1:
+        st.caption(f"{outcome.result.method} is not iterative: it reports a single step.")
+        return
+    st.plotly_chart(figures.convergence(history), key="fact_convergence", width="stretch")
+    st.caption("The objective the method reported at each step (its relative error, on its own scaled problem).")
+
+
+def draw_outcome(outcome: fr.Outcome) -> None:
+    if outcome.stopped:
+        st.info(f"Stopped after {outcome.steps} steps: below are the factors as they were at that step.")
+    draw_metrics(outcome)
+    draw_factors(outcome)
+    draw_matrices(outcome)
+    draw_spectra(outcome)
+    draw_convergence(outcome)
+
+
+def start_run(key: tuple, method: str, options: dict, aware: bool) -> None:
+    """Run the factorization as the page's job, reporting each step to its live view."""
+    weight, matrix, gram = target.weight, target.matrix, target.gram
+
+    def work(job: jobs.Job) -> fr.Outcome:
+        def callback(step: int, objective: float) -> bool:
+            return job.report((step, objective), fr.progress_fraction(method, options, step))
+
+        return fr.run(
+            weight, matrix, gram, method, options, density=density, aware=aware, device=device, callback=callback
+        )
+
+    job = jobs.start(JOB, work, f"{method} on {target.label}")
+    st.session_state.fact_job_key = key
+    st.session_state.pop("fact_failed", None)
+    job.wait(QUICK_WAIT_SECONDS)  # a short run is drawn at once, without the live view
+
+
+# --- method and options ------------------------------------------------------------------------
+
+names = list(METHODS)
+method = st.selectbox("Method", names, index=names.index("dsf"), key="fact_method")
+st.caption(METHODS[method].description)
+quick = st.toggle(
+    "Quick preview",
+    value=True,
+    key="fact_quick",
+    help="Start from the method's 'quick' preset (about 1 s on a 512 x 512 matrix); "
+    "off: the papers' quality defaults.",
+)
+preset = METHODS[method].presets.get("quick", {})
+if quick and preset:
+    st.caption(f"Quick preview: {method} starts from its 'quick' preset {preset} over the defaults.")
+elif quick:
+    st.caption(f"Quick preview: {method} has no 'quick' preset (it is fast as it is), so it uses its defaults.")
+values = option_widgets(method, quick)
+aware = aware_choice(method)
+
+try:
+    options = fr.resolve_options(method, values)
+except (ValueError, TypeError) as exc:
+    st.error(f"Check the options: {plain_message(exc)}")
+    options = None
+
+cache = st.session_state.setdefault(RESULTS, OrderedDict())
+key = None if options is None else fr.run_key(target.key, method, options, density, aware, device)
+cached = None if key is None else fr.recall(cache, key)
+clicked = st.button("Factorize", key="fact_run", type="primary", disabled=options is None)
+if clicked and (cached is None or cached.stopped):  # a finished result is never recomputed
+    start_run(key, method, options, aware)
+
+if not jobs.show_running(JOB, draw_live) and key is not None:
+    collect_finished_job(cache)
+    failed = st.session_state.get("fact_failed")
+    outcome = fr.recall(cache, key)
+    if failed is not None and failed[0] == key:
+        st.error(f"Could not factorize: {failed[1]}")
+    elif outcome is not None:
+        draw_outcome(outcome)
+    else:
+        st.info("Press **Factorize** to run this method with these options.")

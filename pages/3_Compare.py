@@ -1,0 +1,125 @@
+"""Compare: every method on the chosen matrix at the same budget, and across densities."""
+
+import streamlit as st
+
+from dsf_app import comparison, job_results, jobs, session
+from dsf_core import METHODS
+
+session.setup_page("Compare", ":material/compare_arrows:")
+bundle = session.current_bundle()
+target = session.choose_target(bundle)
+density = session.choose_density()
+device = session.device()
+
+st.title("Compare methods at equal budget")
+st.caption(
+    f"Every method on **{target.label}** with the same budget of stored parameters "
+    f"(density {density:.2f}: {comparison.budget(target, density):,} parameters). Device: **{device.type}**."
+)
+session.warn_if_no_cuda()
+
+left, middle, right = st.columns([3, 2, 1])
+methods = left.multiselect("Methods", list(METHODS), default=list(METHODS), key="cmp_methods")
+modes = ["Data-free", "Activation-aware"]
+mode = middle.radio(
+    "Objective", modes, horizontal=True, key="cmp_mode", disabled=target.gram is None,
+    help=f"Activation-aware, the methods that read a Gram ({', '.join(comparison.GRAM_METHODS)}) fit the layer's "
+    "outputs on the calibration inputs instead of its weights; the others always work data-free.",
+)
+aware = mode == modes[1] and target.gram is not None
+quick = right.toggle(
+    "Quick presets", value=True, key="cmp_quick", help="Fewer iterations: about 1 s per 512 x 512 matrix."
+)
+has_gram = target.gram is not None
+st.caption(
+    f"Calibration Gram: {target.gram_source}. "
+    + ("*Output error* is the layer's relative output error on those inputs." if has_gram else "")
+)
+if not methods:
+    st.info("Choose at least one method.")
+    st.stop()
+
+# --- one density ---------------------------------------------------------------------------------
+st.subheader(f"At density {density:.2f}")
+options = (tuple(methods), aware, quick, str(device))
+results = st.session_state.setdefault("cmp_results", {})
+key = (target.key, density, *options)
+
+
+def table(rows):
+    st.dataframe(comparison.table(rows, with_output_error=has_gram), hide_index=True, width="stretch")
+    if comparison.best(rows, "error"):
+        st.markdown(comparison.winners(rows))
+
+
+def progress(job):
+    st.caption(comparison.progress_text(job.progress, len(methods)))
+
+
+if st.button("Run the comparison", key="cmp_run", type="primary", icon=":material/play_arrow:"):
+    job_results.start(
+        "cmp_job", key,
+        job_results.reporting(comparison.run_all, target, density, methods, aware=aware, quick=quick, device=device),
+        f"{len(methods)} methods at density {density:.2f}",
+    )
+if not jobs.show_running("cmp_job", progress):
+    rows, job = job_results.result_for("cmp_job", results, key)
+    if job is not None and job.error:
+        st.error(f"Could not compare the methods: {job.error}")
+    elif rows is not None:
+        table(rows)
+    elif job is not None and job.stopped:
+        st.warning(f"Stopped: the {len(job.result)} methods done before Stop.")
+        table(job.result)
+    else:
+        st.info("Press *Run the comparison* to factorize the matrix with every chosen method.")
+st.caption(
+    "Relative error is ||W - W_hat||_F / ||W||_F. Parameters are stored values (nonzeros of sparse "
+    "factors, every entry of dense ones); bytes count CSR indices; FLOPs are those of one "
+    "matrix-vector product through the factors."
+)
+
+# --- error against density ---------------------------------------------------------------------
+st.subheader("Error against density")
+densities = st.multiselect(
+    "Densities", comparison.SWEEP_DENSITIES, default=[d for d in comparison.SWEEP_DENSITIES if d >= 0.05],
+    format_func=lambda d: f"{d:.2f}", key="cmp_densities",
+)
+y_choices = ["relative error", "output error"] if has_gram else ["relative error"]
+y_axis = st.radio("Plot", y_choices, horizontal=True, key="cmp_sweep_y")
+sweeps = st.session_state.setdefault("cmp_sweeps", {})
+sweep_key = (target.key, tuple(sorted(densities)), *options)
+
+
+def plot(rows):
+    fig = comparison.sweep_figure(rows, methods, output_error=y_axis == "output error")
+    st.plotly_chart(fig, key="cmp_sweep_plot", width="stretch")
+
+
+def sweep_progress(job):
+    st.caption(comparison.progress_text(job.progress, len(methods) * len(densities)))
+
+
+if st.button("Run the sweep", key="cmp_sweep_run", icon=":material/show_chart:", disabled=not densities):
+    job_results.start(
+        "cmp_sweep_job", sweep_key,
+        job_results.reporting(comparison.sweep, target, densities, methods, aware=aware, quick=quick, device=device),
+        f"{len(methods)} methods x {len(densities)} densities",
+    )
+if not jobs.show_running("cmp_sweep_job", sweep_progress):
+    rows, job = job_results.result_for("cmp_sweep_job", sweeps, sweep_key)
+    if job is not None and job.error:
+        st.error(f"Could not run the sweep: {job.error}")
+    elif job is not None and job.stopped and rows is None:
+        st.warning(f"Stopped: the {len(job.result)} runs done before Stop.")
+        rows = job.result
+    if rows is not None:
+        plot(rows)
+        missing = [f"{r.method} at {r.density:.2f}: {r.note}" for r in rows if not r.ok]
+        if missing:
+            st.caption("Not plotted: " + "; ".join(missing) + ".")
+    elif not densities:
+        st.info("Choose at least one density.")
+    elif job is None:
+        st.info("Press *Run the sweep* to see where the methods cross over.")
+st.caption("Each point is one factorization of the matrix; where lines cross, the better method changes.")

@@ -1,0 +1,152 @@
+"""Trade-offs: compress the whole model (or some layers) and see its metric against its size."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from dsf_app import job_results, jobs, session, tradeoffs
+from dsf_core import METHODS
+
+session.setup_page("Trade-offs", ":material/balance:")
+bundle = session.current_bundle()
+choice = session.current_choice()
+density = session.choose_density()
+
+st.title("Trade-offs: model metric against size")
+better = "higher" if bundle.higher_is_better else "lower"
+st.caption(
+    f"Compress a copy of **{choice.label}** layer by layer and measure its **{bundle.metric_name}** "
+    f"({better} is better) against what it stores. The loaded model itself is never changed. "
+    "Runs on the CPU."
+)
+if "trade_folder" not in st.session_state:
+    st.session_state.trade_folder = tradeoffs.checkpoint_folder()
+
+# --- settings ------------------------------------------------------------------------------------
+layers = session.layers(bundle)
+if not layers:
+    st.error("This model has no factorizable layer (Linear, Conv2d without groups, or Conv1D).")
+    st.stop()
+names = [layer.name for layer in layers]
+shapes = {layer.name: "x".join(map(str, layer.shape)) for layer in layers}
+left, right = st.columns(2)
+method = left.selectbox("Method", list(METHODS), key="trade_method")
+left.caption(METHODS[method].description)
+picked = right.multiselect(
+    "Layers", names, default=names, key="trade_layers", format_func=lambda n: f"{n} ({shapes[n]})"
+)
+calibration = int(left.number_input(
+    "Calibration samples (0: data-free)", 0, 4096, session.CALIBRATION_SAMPLES, 16, key="trade_calibration"
+))
+reads_gram = calibration > 0 and METHODS[method].uses_gram != "no"
+sequential = right.checkbox(
+    "Sequential Grams (on the partly compressed model)", value=False,
+    key="trade_sequential", disabled=not reads_gram,
+    help="Later layers then see (and correct for) earlier layers' errors, at the cost of one pass over the "
+    "calibration samples per layer; otherwise one pass over the original model collects every Gram.",
+)
+quick = right.toggle("Quick presets", value=True, key="trade_quick")
+if not reads_gram:
+    why = "no calibration samples." if calibration == 0 else "it reads no Gram."
+    st.caption(f"{method} works data-free here: {why}")
+chosen_layers = tuple(picked) if len(picked) < len(names) else ()
+settings = tradeoffs.Settings(method, density, chosen_layers, calibration, sequential, quick)
+st.caption("The same run from a terminal (it prints each layer's error and writes the checkpoint):")
+st.code(tradeoffs.cli_command(settings, choice.spec), language="bash", wrap_lines=True)
+
+
+def show_progress(job):
+    done = [item for item in job.progress if item is not None]
+    if done:
+        st.caption(f"{len(done)} layers compressed; last: {done[-1].name}, relative error {done[-1].error:.3f}")
+
+
+def start(job_key: str, runs: list, label: str):
+    work = job_results.reporting(tradeoffs.sweep, bundle, runs, choice.spec, st.session_state.trade_folder)
+    job_results.start(job_key, choice, work, label)
+
+
+if not picked:
+    st.info("Choose at least one layer.")
+elif st.button("Compress", key="trade_run", type="primary", icon=":material/compress:"):
+    start("trade_job", [settings], f"Compressing with {settings.label}")
+jobs.show_running("trade_job", show_progress)
+
+st.subheader("Sweep")
+cols = st.columns(2)
+sweep_methods = cols[0].multiselect("Methods", list(METHODS), default=[method], key="trade_sweep_methods")
+sweep_densities = cols[1].multiselect(
+    "Densities", [0.05, 0.1, 0.2, 0.3, 0.5, 0.7], default=[0.1, 0.3, 0.5], key="trade_sweep_densities",
+    format_func=lambda d: f"{d:.2f}",
+)
+grid = tradeoffs.grid(settings, sweep_methods, sweep_densities)
+st.caption(f"{len(grid)} runs, each a compression of the chosen layers with the settings above.")
+if st.button("Run the sweep", key="trade_sweep_run", icon=":material/show_chart:", disabled=not (grid and picked)):
+    start("trade_sweep_job", grid, f"Sweep of {len(grid)} runs")
+jobs.show_running("trade_sweep_job", show_progress)
+
+# --- results -------------------------------------------------------------------------------------
+runs_by_model = st.session_state.setdefault("trade_runs", {})
+for job_key in ("trade_job", "trade_sweep_job"):
+    finished = job_results.take_once(job_key)
+    if finished is not None and finished.result is not None and finished.result.runs:
+        store = runs_by_model.setdefault(job_results.result_key(job_key), [])
+        tradeoffs.keep(store, finished.result.runs)
+        if store is runs_by_model.get(choice):
+            st.session_state.trade_pick = store[-1].number  # show the newest run's details
+    job = jobs.current(job_key)
+    if job is None or job.running or job_results.result_key(job_key) != choice:
+        continue
+    if job.error:
+        st.error(f"Could not compress the model: {job.error}")
+    for failure in job.result.failures if job.result else []:
+        st.error(f"Could not compress: {failure}")
+    if job.stopped:
+        kept = len(job.result.runs) if job.result else 0
+        st.warning(f"Stopped: {kept} run(s) kept; the table says which ones were stopped part-way.")
+
+runs = runs_by_model.get(choice, [])
+if not runs:
+    st.info("Press *Compress* or *Run the sweep*; each run adds a point to the plots.")
+    st.stop()
+
+references = st.session_state.setdefault("trade_dense", {})
+if choice not in references:
+    metric = session.dense_metrics(choice)[bundle.metric_name]
+    job_results.remember(references, choice, tradeoffs.dense_reference(bundle, metric), limit=4)
+dense = references[choice]
+
+st.subheader("Runs")
+plots = st.columns(2)
+for column, axis in zip(plots, tradeoffs.AXES):
+    fig = tradeoffs.metric_figure(
+        runs, dense, x=axis, metric_name=bundle.metric_name, higher_is_better=bundle.higher_is_better
+    )
+    column.plotly_chart(fig, key=f"trade_plot_{axis}", width="stretch")
+st.caption(
+    "Each point is one compressed model (stopped runs are left out); the star and dashed line are the "
+    "dense model. Stored values count every number the model keeps (nonzeros of sparse factors); "
+    "checkpoint bytes are the size of its compressed safetensors file."
+)
+st.dataframe(tradeoffs.runs_table(runs, bundle.metric_name), hide_index=True, width="stretch")
+
+by_number = {run.number: run for run in runs}
+number = st.selectbox(
+    "Details of run", list(reversed(by_number)), format_func=lambda k: by_number[k].name, key="trade_pick"
+)
+run = by_number[number]
+st.plotly_chart(tradeoffs.layer_error_figure(run), key="trade_layer_errors", width="stretch")
+st.caption(
+    "Relative error of each layer's weight and, with calibration data, its activation-weighted error on "
+    "the layer's (damped) calibration Gram: how much its outputs change."
+)
+st.download_button(
+    "Download the compressed checkpoint", data=Path(run.checkpoint).read_bytes,
+    file_name=tradeoffs.download_name(run, choice.label), mime="application/octet-stream",
+    key="trade_download", icon=":material/download:",
+)
+st.caption("Load it with `dsf_core.checkpoint.load_compressed(path, base_model)`, or evaluate it from a terminal:")
+st.code(
+    f"{tradeoffs.cli_command(run.settings, choice.spec)}\npython -m dsf_core evaluate {tradeoffs.CLI_OUT}",
+    language="bash", wrap_lines=True,
+)

@@ -1,0 +1,176 @@
+"""The Factorize page (AppTest): shown numbers against dsf_core recomputed, the cache, Stop, bad inputs."""
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+import dsf_core
+from dsf_app import session
+from dsf_core.models import load_builtin
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "2_Factorize.py")
+LAYER = "convs.2"  # the default: digits-cnn's largest layer, 128 x 576
+DENSITY = 0.3  # the shared default
+QUICK_DSF = dsf_core.METHODS["dsf"].presets["quick"]
+
+
+@pytest.fixture(scope="module")
+def layer():
+    """The default layer's kernel, matrix and undamped calibration Gram, outside the app."""
+    bundle = load_builtin("digits-cnn")
+    gram = session.calibration_grams(session.ModelChoice("builtin", "digits-cnn"))[LAYER]
+    return session.layer_kernel(bundle, LAYER), session.layer_weight(bundle, LAYER), gram
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def factorize_and_show(at: AppTest) -> AppTest:
+    """Click Factorize, let the job end, and draw the result."""
+    at.button(key="fact_run").click().run()
+    job = at.session_state["fact_job"]
+    assert job.wait(60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def chart_keys(at: AppTest) -> list[str]:
+    return [chart.proto.id.rsplit("-", 1)[-1] for chart in at.get("plotly_chart")]
+
+
+def chart_spec(at: AppTest, key: str) -> str:
+    return next(chart.proto.spec for chart in at.get("plotly_chart") if chart.proto.id.endswith(f"-{key}"))
+
+
+def cached(at: AppTest) -> list:
+    return list(at.session_state["fact_results"].values())
+
+
+def test_default_render_offers_dsf_with_the_quick_preset():
+    at = page()
+    assert not at.error and at.selectbox(key="fact_method").value == "dsf"
+    assert at.toggle(key="fact_quick").value is True
+    assert at.number_input(key="fact_opt_dsf_quick_n_rounds").value == QUICK_DSF["n_rounds"]
+    assert "Press **Factorize**" in at.info[0].value
+    assert LAYER in at.caption[0].value
+
+
+def test_dsf_result_matches_the_library_and_is_not_recomputed(layer):
+    kernel, matrix, gram = layer
+    at = factorize_and_show(page())
+    expected = dsf_core.factorize(kernel, "dsf", density=DENSITY, **QUICK_DSF)
+    assert not at.error
+    assert float(metric(at, "Relative error")) == pytest.approx(expected.error(matrix), rel=1e-3)
+    assert float(metric(at, "Output error")) == pytest.approx(expected.error(matrix, gram), rel=1e-3)
+    assert metric(at, "Parameters") == f"{expected.n_params:,}"
+    assert metric(at, "Device") == "cpu"
+    keys = chart_keys(at)
+    assert sorted(k for k in keys if k.startswith("fact_spy")) == ["fact_spy_0", "fact_spy_1"]
+    assert {"fact_convergence", "fact_spectrum", "fact_original", "fact_approx", "fact_error"} <= set(keys)
+
+    (outcome,) = cached(at)
+    job = at.session_state["fact_job"]
+    at.run()  # a revisit draws the cached result
+    assert '"type":"log"' in chart_spec(at, "fact_spectrum")
+    at.toggle(key="fact_spectrum_log").set_value(False).run()  # display only
+    assert '"type":"linear"' in chart_spec(at, "fact_spectrum")
+    at.selectbox(key="fact_method").set_value("magnitude").run()
+    at.selectbox(key="fact_method").set_value("dsf").run()
+    assert cached(at)[0] is outcome and at.session_state["fact_job"] is job
+    assert metric(at, "Relative error") == f"{outcome.relative_error:.4g}"
+
+
+def test_svd_shows_the_eckart_young_error(layer):
+    _, matrix, _ = layer
+    at = factorize_and_show(page())
+    dsf_error = float(metric(at, "Relative error"))
+    at.selectbox(key="fact_method").set_value("svd").run()
+    assert "Press **Factorize**" in at.info[0].value
+    factorize_and_show(at)
+    m, n = matrix.shape
+    rank = int(DENSITY * m * n) // (m + n)
+    S = torch.linalg.svdvals(matrix.double())
+    eckart_young = float(S[rank:].square().sum().sqrt() / S.square().sum().sqrt())
+    shown = float(metric(at, "Relative error"))
+    assert shown == pytest.approx(eckart_young, rel=1e-3) and shown != pytest.approx(dsf_error, rel=1e-2)
+    assert f"numerical rank {rank} of {m}" in chart_spec(at, "fact_spectrum")
+
+
+def test_activation_aware_run_shows_the_output_error_on_calibration_inputs(layer):
+    kernel, matrix, gram = layer
+    at = page()
+    at.radio(key="fact_aware").set_value("Activation-aware").run()
+    factorize_and_show(at)
+    aware = dsf_core.factorize(kernel, "dsf", density=DENSITY, gram=dsf_core.damp_gram(gram, 0.01), **QUICK_DSF)
+    assert float(metric(at, "Output error")) == pytest.approx(aware.error(matrix, gram), rel=1e-3)
+    assert any("output error on the inputs of 64 calibration samples" in c.value for c in at.caption)
+
+
+def test_stop_returns_the_partial_result(layer):
+    _, matrix, _ = layer
+    at = page()
+    at.toggle(key="fact_quick").set_value(False).run()
+    at.number_input(key="fact_opt_dsf_full_n_rounds").set_value(2000)
+    at.number_input(key="fact_opt_dsf_full_tol").set_value(0.0)
+    at.button(key="fact_run").click().run()
+    job = at.session_state["fact_job"]
+    assert job.running, "a 2000-round run should still be going"
+    deadline = time.monotonic() + 30
+    while not job.progress and time.monotonic() < deadline:  # a loaded machine may lag
+        time.sleep(0.1)
+    at.run()
+    assert "fact_live_convergence" in chart_keys(at) and at.get("progress")
+    at.button(key="fact_job_stop").click().run()
+    assert job.wait(30)
+    at.run()
+    (outcome,) = cached(at)
+    assert not at.exception and not at.error
+    assert outcome.stopped and 0 < outcome.steps < 2000
+    assert any(f"Stopped after {outcome.steps} steps" in info.value for info in at.info)
+    assert float(metric(at, "Relative error")) == pytest.approx(outcome.result.error(matrix), rel=1e-3)
+    assert metric(at, "Steps run") == str(outcome.steps)
+
+
+def test_budget_below_the_minimum_is_a_plain_message_and_the_page_recovers():
+    at = page()
+    at.selectbox(key="_layer_picker").set_value("convs.0")
+    at.slider(key="_density_slider").set_value(0.05)
+    at.selectbox(key="fact_method").set_value("svd").run()
+    factorize_and_show(at)
+    assert len(at.error) == 1 and "Could not factorize" in at.error[0].value
+    assert "raise the density" in at.error[0].value
+    at.slider(key="_density_slider").set_value(0.5).run()
+    factorize_and_show(at)
+    assert not at.error and float(metric(at, "Relative error")) < 1
+
+
+def test_option_out_of_range_is_a_plain_message_and_blocks_the_run():
+    at = page()
+    at.checkbox(key="fact_opt_dsf_quick_split_auto").uncheck().run()
+    at.number_input(key="fact_opt_dsf_quick_split").set_value(0.0).run()
+    assert "Check the options" in at.error[0].value and "(0.0, 1.0)" in at.error[0].value
+    assert at.button(key="fact_run").disabled
+    at.number_input(key="fact_opt_dsf_quick_split").set_value(0.4).run()
+    factorize_and_show(at)
+    assert not at.error and cached(at)[0].result.options["split"] == 0.4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the warning shown without a GPU")
+def test_cuda_without_a_gpu_warns_and_runs_on_the_cpu():
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["device"] = "CUDA"
+    at.run()
+    assert any("no CUDA GPU" in w.value for w in at.warning)
+    factorize_and_show(at)
+    assert metric(at, "Device") == "cpu" and not at.error
