@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import tensorly as tl
 import torch
 
 from ._metrics import relative_error, weighted_relative_error
@@ -77,6 +76,8 @@ class Factorization:
     def to_matrix(self) -> torch.Tensor:
         """The dense ``m x n`` approximation."""
         if self.kind == "tt":
+            import tensorly as tl  # imported on use (slow to import; TT only)
+
             with tl.backend_context("pytorch"):
                 return tl.tt_matrix_to_matrix(self.factors)
         out = self.factors[0]

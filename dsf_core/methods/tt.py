@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 
-import tensorly as tl
-from tensorly.decomposition import tensor_train_matrix
 
 from ._common import Fit, budget_error
 
@@ -33,6 +31,9 @@ def fit(W, *, budget, gram, generator, progress, ranks, n_cores):
     sizes = [a * b for a, b in zip(m_modes, n_modes)]
     rank = _choose_rank(sizes, budget, ranks, (m, n))
     bonds = _bond_ranks(sizes, rank)
+    import tensorly as tl  # imported on use: it takes a quarter second, and most runs never need it
+    from tensorly.decomposition import tensor_train_matrix
+
     with tl.backend_context("pytorch"):
         tensor = W.reshape(*m_modes, *n_modes)
         cores = list(tensor_train_matrix(tensor, bonds).factors)
