@@ -7,7 +7,7 @@ from dsf_app import session
 from dsf_app.messages import plain_message
 from dsf_core.models import BUILTIN_MODELS
 
-session.setup_page("Home", ":material/home:")
+session.setup_page("Home")
 st.title("DSF Explorer")
 st.markdown(
     "Look inside neural-network weight matrices and compress them by sparse factorization: "

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from dsf_core import METHODS, damp_gram, factorize
+from dsf_core import METHODS, factorize
 
+from . import figures, method_settings
+from .jobs import Report
 from .messages import USER_ERRORS, plain_message
 
-DAMPING = 0.01  # fraction of the Gram's mean diagonal added before activation-aware runs
-GRAM_METHODS = tuple(name for name, spec in METHODS.items() if spec.uses_gram != "no")
+GRAM_METHODS = tuple(name for name in METHODS if method_settings.reads_gram(name))
 SWEEP_DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
-
-Report = Callable[..., bool]  # report(item=None, fraction=None) -> False once the user pressed Stop
 
 BELOW_MINIMUM = "below the method's minimum"
 _BUDGET_ERROR = re.compile(r"needs (\d+) parameters for (.+), more than the budget of (\d+) parameters")
@@ -43,11 +42,6 @@ class Row:
         return self.error is not None
 
 
-def quick_options(method: str, quick: bool) -> dict:
-    """The method's "quick" preset when ``quick`` (an empty dict if it has none), else defaults."""
-    return dict(METHODS[method].presets.get("quick", {})) if quick else {}
-
-
 def why_not(exc: BaseException) -> str:
     """A plain-words reason a method gave no result, e.g. that the budget is below its minimum."""
     text = plain_message(exc)
@@ -67,20 +61,18 @@ def run_one(target, method: str, density: float, *, aware: bool, quick: bool, de
     Activation-aware runs give methods that read a Gram the damped calibration Gram; errors on
     the outputs always use the undamped one.
     """
-    reads_gram = METHODS[method].uses_gram != "no"
-    use_gram = aware and reads_gram and target.gram is not None
-    gram = damp_gram(target.gram, DAMPING) if use_gram else None
+    gram = method_settings.fit_gram(target.gram, method, aware)
     try:
         result = factorize(
             target.weight, method, density=density, gram=gram, device=device, callback=callback,
-            **quick_options(method, quick),
+            **method_settings.options(method, quick),
         )
     except (*USER_ERRORS, MemoryError) as exc:
         return Row(method, density, note=why_not(exc))
     if result.info.get("stopped_early"):
         return None
     output_error = None if target.gram is None else result.error(target.matrix, target.gram)
-    note = "data-free (the method reads no Gram)" if aware and not reads_gram else ""
+    note = "data-free (the method reads no Gram)" if aware and not method_settings.reads_gram(method) else ""
     return Row(
         method, density, result.error(target.matrix), output_error, result.n_params, result.n_bytes,
         result.flops, result.seconds, str(result.device), note,
@@ -168,15 +160,8 @@ def sweep_figure(rows: Sequence[Row], methods: Sequence[str], *, output_error: b
             name=method,
         ))
     what = "output error on calibration inputs" if output_error else "relative error of the weight"
-    fig.update_layout(
-        title=f"{what} against density", xaxis_title="density (kept fraction of the weights)",
-        yaxis_title=what, height=420, margin=dict(l=10, r=10, t=40, b=10),
+    return figures.layout(
+        fig, f"{what} against density", height=420, xaxis_title="density (kept fraction of the weights)",
+        yaxis_title=what,
     )
-    return fig
-
-
-def budget(target, density: float) -> int:
-    """The parameter budget ``factorize`` gives ``target`` at ``density``."""
-    m, n = target.matrix.shape
-    return int(density * m * n + 1e-9)
 

@@ -1,9 +1,8 @@
 """What the Factorize page computes, without Streamlit: options from widget values, one run with its
-summary, the bounded result cache and the rows of the result table."""
+summary, the key of its cached result and the rows of the result table."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -12,20 +11,10 @@ import torch
 import dsf_core
 from dsf_core import METHODS, Factorization, Option
 
-CACHE_SIZE = 16
-GRAM_DAMPING = 0.01  # activation-aware runs add 1% of the mean diagonal to the Gram's diagonal
+from . import layer_stats, method_settings
 
 
 # --- options -----------------------------------------------------------------------------------
-
-
-def base_options(method: str, quick: bool) -> dict:
-    """Each option's starting value: its default, overlaid with the ``quick`` preset if asked."""
-    spec = METHODS[method]
-    values = {name: option.default for name, option in spec.options.items()}
-    if quick:
-        values.update(spec.presets.get("quick", {}))
-    return values
 
 
 def start_value(option: Option):
@@ -84,20 +73,11 @@ class Outcome:
         return len(self.result.history)
 
 
-def numerical_rank(singular_values: torch.Tensor, shape: tuple[int, int], dtype=torch.float32) -> int:
-    """Singular values above ``max(m, n) * eps * sigma_max`` (numpy's and torch's matrix_rank rule),
-    with ``eps`` of the dtype the factors are stored in."""
-    if singular_values.numel() == 0:
-        return 0
-    tolerance = max(shape) * torch.finfo(dtype).eps * float(singular_values.max())
-    return int((singular_values > tolerance).sum())
-
-
 def summarize(result: Factorization, matrix: torch.Tensor, gram: torch.Tensor | None) -> Outcome:
     """Errors, the approximation and both spectra of ``result`` against ``matrix`` (``gram``: the
     undamped calibration Gram, or None)."""
     approximation = result.to_matrix().detach().float().cpu()
-    singular_values = torch.linalg.svdvals(approximation.double())
+    singular_values = layer_stats.singular_values(approximation)
     return Outcome(
         result=result,
         relative_error=result.error(matrix),
@@ -105,8 +85,8 @@ def summarize(result: Factorization, matrix: torch.Tensor, gram: torch.Tensor | 
         stopped=bool(result.info.get("stopped_early")),
         approximation=approximation,
         singular_values=singular_values,
-        original_values=torch.linalg.svdvals(matrix.detach().double().cpu()),
-        rank=numerical_rank(singular_values, tuple(approximation.shape), result.factors[0].dtype),
+        original_values=layer_stats.singular_values(matrix),
+        rank=layer_stats.numerical_rank(singular_values, max(approximation.shape), result.factors[0].dtype),
     )
 
 
@@ -124,35 +104,19 @@ def run(
 ) -> Outcome:
     """Factorize ``weight`` (activation-aware with the damped ``gram`` if ``aware``) and summarize
     it against ``matrix`` and the undamped ``gram``."""
-    fit_gram = dsf_core.damp_gram(gram, GRAM_DAMPING) if aware and gram is not None else None
+    fit_gram = method_settings.fit_gram(gram, method, aware)
     result = dsf_core.factorize(
         weight, method, density=density, gram=fit_gram, device=device, callback=callback, **options
     )
     return summarize(result, matrix, gram)
 
 
-# --- the result cache --------------------------------------------------------------------------
+# --- the cache key -----------------------------------------------------------------------------
 
 
 def run_key(target_key: tuple, method: str, options: Mapping[str, Any], density: float, aware: bool, device) -> tuple:
     """Everything that determines a run's result (the seed is always 0)."""
     return (target_key, method, tuple(sorted(options.items())), float(density), bool(aware), str(device))
-
-
-def recall(cache: OrderedDict, key: tuple) -> Outcome | None:
-    """The cached outcome of ``key`` (now the most recently used), or None."""
-    if key not in cache:
-        return None
-    cache.move_to_end(key)
-    return cache[key]
-
-
-def remember(cache: OrderedDict, key: tuple, outcome: Outcome, limit: int = CACHE_SIZE) -> None:
-    """Cache ``outcome`` under ``key``, dropping the least recently used beyond ``limit`` entries."""
-    cache[key] = outcome
-    cache.move_to_end(key)
-    while len(cache) > limit:
-        cache.popitem(last=False)
 
 
 # --- what the page shows -----------------------------------------------------------------------
@@ -168,6 +132,8 @@ def summary_rows(outcome: Outcome) -> list[dict]:
     """The result table: one row per quantity, with the dense matrix's value beside it."""
     result = outcome.result
     dense = dense_sizes(result.shape, result.factors[0].element_size())
+    # the app holds weights in float32: round-off at that precision
+    original_rank = layer_stats.numerical_rank(outcome.original_values, max(result.shape), torch.float32)
     rows = [
         ("Relative error", f"{outcome.relative_error:.4g}", "0"),
         (
@@ -178,7 +144,7 @@ def summary_rows(outcome: Outcome) -> list[dict]:
         ("Parameters", f"{result.n_params:,} ({result.n_params / dense['n_params']:.1%})", f"{dense['n_params']:,}"),
         ("Bytes (CSR for sparse factors)", f"{result.n_bytes:,}", f"{dense['n_bytes']:,}"),
         ("FLOPs per input row", f"{result.flops:,}", f"{dense['flops']:,}"),
-        ("Rank of the product", f"{outcome.rank}", f"{numerical_rank(outcome.original_values, result.shape)}"),
+        ("Rank of the product", f"{outcome.rank}", f"{original_rank}"),
         ("Steps run", f"{outcome.steps}" + (" (stopped)" if outcome.stopped else ""), "-"),
         ("Seconds", f"{result.seconds:.3f}", "-"),
         ("Device", str(result.device), "-"),

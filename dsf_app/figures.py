@@ -20,8 +20,9 @@ def downsample(matrix: torch.Tensor, max_cells: int = MAX_CELLS) -> torch.Tensor
     return F.adaptive_avg_pool2d(matrix[None, None], size)[0, 0]
 
 
-def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
+def layout(fig: go.Figure, title: str, height: int = 360, **settings) -> go.Figure:
+    """``fig`` with ``title``, ``height``, the app's narrow margins and any other layout ``settings``."""
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10), **settings)
     return fig
 
 
@@ -41,7 +42,7 @@ def heatmap(matrix: torch.Tensor, title: str, *, symmetric: bool = True, zmax: f
     fig.update_xaxes(showticklabels=False)
     shape = "x".join(map(str, matrix.shape))
     note = "" if tuple(small.shape) == tuple(matrix.shape) else f", shown as {small.shape[0]}x{small.shape[1]} block means"
-    return _layout(fig, f"{title} ({shape}{note})")
+    return layout(fig, f"{title} ({shape}{note})")
 
 
 def spy(factor: torch.Tensor, title: str) -> go.Figure:
@@ -53,7 +54,7 @@ def spy(factor: torch.Tensor, title: str) -> go.Figure:
     fig.update_xaxes(showticklabels=False, constrain="domain")
     rows, cols = factor.shape
     nnz = int(torch.count_nonzero(factor))
-    return _layout(fig, f"{title}: {rows}x{cols}, {nnz:,} nonzeros ({nnz / (rows * cols):.1%})")
+    return layout(fig, f"{title}: {rows}x{cols}, {nnz:,} nonzeros ({nnz / (rows * cols):.1%})")
 
 
 def histogram(matrix: torch.Tensor, title: str) -> go.Figure:
@@ -61,8 +62,7 @@ def histogram(matrix: torch.Tensor, title: str) -> go.Figure:
     if values.numel() > 200_000:  # a fixed sample keeps the page fast
         values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:200_000]]
     fig = go.Figure(go.Histogram(x=values.numpy(), nbinsx=80))
-    fig.update_layout(xaxis_title="value", yaxis_title="count", bargap=0.02)
-    return _layout(fig, title, height=300)
+    return layout(fig, title, height=300, xaxis_title="value", yaxis_title="count", bargap=0.02)
 
 
 def spectrum(curves: dict[str, torch.Tensor], title: str, *, log: bool = True) -> go.Figure:
@@ -71,12 +71,13 @@ def spectrum(curves: dict[str, torch.Tensor], title: str, *, log: bool = True) -
     for name, values in curves.items():
         values = values.detach().double().cpu()
         fig.add_trace(go.Scatter(x=list(range(1, values.numel() + 1)), y=values.numpy(), mode="lines", name=name))
-    fig.update_layout(xaxis_title="index", yaxis_title="value", yaxis_type="log" if log else "linear")
-    return _layout(fig, title, height=320)
+    axis = "log" if log else "linear"
+    return layout(fig, title, height=320, xaxis_title="index", yaxis_title="value", yaxis_type=axis)
 
 
 def convergence(history: list[float], title: str = "Convergence") -> go.Figure:
     """The method's objective per step (the library's callback values)."""
     fig = go.Figure(go.Scatter(x=list(range(1, len(history) + 1)), y=list(history), mode="lines+markers"))
-    fig.update_layout(xaxis_title="step", yaxis_title="objective (relative error)", yaxis_type="log")
-    return _layout(fig, title, height=300)
+    return layout(
+        fig, title, height=300, xaxis_title="step", yaxis_title="objective (relative error)", yaxis_type="log"
+    )

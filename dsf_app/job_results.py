@@ -1,4 +1,5 @@
-"""Results of finished jobs, kept in bounded session caches keyed by everything that determined them."""
+"""Results of finished jobs, kept in bounded session caches keyed by everything that determined them;
+a full cache drops its least recently used entry."""
 
 from __future__ import annotations
 
@@ -12,11 +13,21 @@ LIMIT = 16
 
 
 def remember(cache: dict, key, value, limit: int = LIMIT) -> None:
-    """Store ``value`` under ``key`` as the newest entry, dropping the oldest beyond ``limit``."""
+    """Store ``value`` under ``key`` as the most recently used entry, dropping the least recently
+    used beyond ``limit`` entries."""
     cache.pop(key, None)
     cache[key] = value
     while len(cache) > limit:
         cache.pop(next(iter(cache)))
+
+
+def recall(cache: dict, key):
+    """The value cached under ``key`` (now the most recently used), or None."""
+    if key not in cache:
+        return None
+    value = cache.pop(key)
+    cache[key] = value  # re-inserted last: the most recently used
+    return value
 
 
 def start(job_key: str, made_for, work: Callable[[jobs.Job], Any], label: str) -> jobs.Job:
@@ -36,11 +47,11 @@ def result_for(job_key: str, cache: dict, key) -> tuple[Any, jobs.Job | None]:
     the finished job if it was started for ``key`` (to show its error or its partial result)."""
     job = jobs.current(job_key)
     if job is None or job.running:
-        return cache.get(key), None
+        return recall(cache, key), None
     made_for = result_key(job_key)
     if job.error is None and not job.stopped and made_for not in cache:
         remember(cache, made_for, job.result)
-    return cache.get(key), job if made_for == key else None
+    return recall(cache, key), job if made_for == key else None
 
 
 def result_key(job_key: str):

@@ -19,6 +19,8 @@ from .messages import plain_message
 
 REFRESH_SECONDS = 1.0  # each redraw holds the GIL; faster redraws slow the job itself down several-fold
 
+Report = Callable[..., bool]  # Job.report(item=None, fraction=None): False once the user pressed Stop
+
 
 class Job:
     """One piece of work running in a thread, with its progress, result or error."""

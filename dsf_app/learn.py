@@ -12,7 +12,7 @@ import torch
 
 from dsf_core import METHODS, Factorization, factorize
 
-from . import toys
+from . import figures, method_settings, toys
 from .messages import USER_ERRORS, plain_message
 
 LOW_RANK_METHODS = ("svd", "dsf", "palm4msa", "tt", "magnitude")
@@ -87,11 +87,6 @@ class Comparison:
     stopped: bool
 
 
-def quick_options(method: str) -> dict:
-    """The method's ``quick`` preset (its defaults where it has none)."""
-    return dict(METHODS[method].presets.get("quick", {}))
-
-
 def run_method(matrix: torch.Tensor, method: str, density: float, device, keep_going: Callable[[], bool]) -> dict:
     """One table row: ``method`` with its quick options on ``matrix`` at ``density``, or why it
     could not run (``not possible: ...`` when the budget is below the method's minimum)."""
@@ -103,7 +98,7 @@ def run_method(matrix: torch.Tensor, method: str, density: float, device, keep_g
             density=density,
             device=device,
             callback=lambda step, objective: keep_going(),
-            **quick_options(method),
+            **method_settings.options(method, quick=True),
         )
     except ValueError as exc:
         return {**row, "note": f"not possible: {plain_message(exc)}"}
@@ -176,7 +171,7 @@ def hadamard_demo(size: int, device=None, report: Callable = lambda *a, **k: Tru
         device=device,
         callback=lambda step, objective: report(None, 0.5),
     )
-    svd = factorize(H, "svd", density=2 * size * levels / size**2, device=device)
+    svd = factorize(H, "svd", density=toys.butterfly_params(size) / size**2, device=device)
     report("svd", 1.0)
     stopped = butterflies.info["stopped_early"]
     return HadamardDemo(size, butterflies, svd, butterflies.error(H), svd.error(H), stopped)
@@ -201,11 +196,4 @@ def error_bars(rows: list, title: str) -> go.Figure:
             textposition="outside",
         )
     )
-    fig.update_layout(
-        title=title,
-        yaxis_title="relative error (log)",
-        yaxis_type="log",
-        height=340,
-        margin=dict(l=10, r=10, t=40, b=10),
-    )
-    return fig
+    return figures.layout(fig, title, height=340, yaxis_title="relative error (log)", yaxis_type="log")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 import torch
 
 from dsf_core.calibration import recording_inputs
@@ -134,11 +135,29 @@ def save_upload(name: str, data: bytes) -> Path:
 DEFAULTS = {"model_choice": ModelChoice("builtin", DEFAULT_MODEL), "device": CPU, "layer": None, "density": 0.3}
 
 
-def setup_page(title: str, icon: str = ":material/grid_on:") -> None:
-    """Page config, shared session defaults and the sidebar summary; call first on every page."""
+# the sidebar's page links (Streamlit's own list would call the Home page "app")
+NAVIGATION = [
+    ("app.py", "Home", ":material/home:"),
+    ("pages/1_Layer_inspector.py", "Layer inspector", ":material/search:"),
+    ("pages/2_Factorize.py", "Factorize", ":material/call_split:"),
+    ("pages/3_Compare.py", "Compare", ":material/compare_arrows:"),
+    ("pages/4_Trade-offs.py", "Trade-offs", ":material/balance:"),
+    ("pages/5_Learn.py", "Learn", ":material/school:"),
+]
+
+
+def setup_page(title: str) -> None:
+    """Page config, shared session defaults, page links and the sidebar summary; call first on
+    every page."""
+    icon = next(icon for _, label, icon in NAVIGATION if label == title)
     st.set_page_config(page_title=f"{title} · DSF Explorer", page_icon=icon, layout="wide")
     for key, value in DEFAULTS.items():
         st.session_state.setdefault(key, value)
+    try:
+        for path, label, icon in NAVIGATION:
+            st.sidebar.page_link(path, label=label, icon=icon)
+    except StreamlitPageNotFoundError:  # a page run on its own (AppTest.from_file): nothing to link
+        pass
     choice = st.session_state.model_choice
     st.sidebar.caption(f"Model: **{choice.label}** · device: **{device().type}**")
 
@@ -177,12 +196,18 @@ def layers(bundle: ModelBundle) -> list[LayerInfo]:
     return list_layers(bundle.model)
 
 
-def choose_layer(bundle: ModelBundle, where=st.sidebar) -> LayerInfo:
-    """A layer picker whose choice is shared by all pages (defaults to the largest layer)."""
+def layers_or_stop(bundle: ModelBundle) -> list[LayerInfo]:
+    """The model's factorizable layers; if it has none, the page says so and stops."""
     found = layers(bundle)
     if not found:
         st.error("This model has no factorizable layer (Linear, Conv2d without groups, or Conv1D).")
         st.stop()
+    return found
+
+
+def choose_layer(bundle: ModelBundle, where=st.sidebar) -> LayerInfo:
+    """A layer picker whose choice is shared by all pages (defaults to the largest layer)."""
+    found = layers_or_stop(bundle)
     names = [layer.name for layer in found]
     if st.session_state.layer not in names:
         st.session_state.layer = max(found, key=lambda layer: layer.shape[0] * layer.shape[1]).name

@@ -63,9 +63,9 @@ def make(spec: ToySpec) -> Toy:
             spec,
             hadamard(n),
             f"H_{n} = H_2 ⊗ ... ⊗ H_2 ({levels} times), so H H^T = {n} I. It is the product of "
-            f"{levels} butterfly factors with 2 nonzeros per row and column: {2 * n * levels:,} "
+            f"{levels} butterfly factors with 2 nonzeros per row and column: {butterfly_params(n):,} "
             f"numbers instead of {n * n:,}. Being a Kronecker product, it also has tensor-train rank 1.",
-            2 * n * levels / n**2,
+            butterfly_params(n) / n**2,
         )
     if spec.kind == "dft":
         return Toy(
@@ -115,6 +115,11 @@ def hadamard(n: int) -> torch.Tensor:
     while H.shape[0] < n:
         H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
     return H
+
+
+def butterfly_params(n: int) -> int:
+    """The numbers that the ``log2(n)`` butterfly factors of ``H_n`` store: ``2 n`` each."""
+    return 2 * n * int(math.log2(n))
 
 
 def dft_real(n: int) -> torch.Tensor:

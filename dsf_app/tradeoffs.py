@@ -9,7 +9,7 @@ import shlex
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -21,13 +21,13 @@ from dsf_core.layers import select_layers
 from dsf_core.models import ModelBundle
 from dsf_core.stats import dense_file_bytes, stored_values
 
-from .comparison import BELOW_MINIMUM, quick_options, why_not
+from . import figures, method_settings
+from .comparison import BELOW_MINIMUM, why_not
+from .jobs import Report
 from .messages import USER_ERRORS
 
 MAX_RUNS = 12  # runs kept per model; older ones (and their checkpoint files) are dropped
 CLI_OUT = "compressed.safetensors"
-
-Report = Callable[..., bool]  # report(item=None, fraction=None) -> False once the user pressed Stop
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def compress(bundle: ModelBundle, settings: Settings, model_spec: str, folder: s
         result = compress_model(
             bundle, settings.method, settings.density, layers=settings.pattern, calibration=settings.calibration,
             sequential=settings.sequential, evaluate=False, callback=callback,
-            **quick_options(settings.method, settings.quick),
+            **method_settings.options(settings.method, settings.quick),
         )
     except (*USER_ERRORS, MemoryError) as exc:
         reason = why_not(exc)
@@ -229,7 +229,7 @@ def runs_table(runs: Sequence[Run], metric_name: str) -> pd.DataFrame:
 
 
 def _calibration_text(settings: Settings) -> str:
-    if settings.calibration == 0 or METHODS[settings.method].uses_gram == "no":
+    if settings.calibration == 0 or not method_settings.reads_gram(settings.method):
         return "data-free"
     return f"{settings.calibration} samples, " + ("sequential" if settings.sequential else "independent")
 
@@ -261,11 +261,8 @@ def metric_figure(runs: Sequence[Run], dense: Reference, *, x: str, metric_name:
     ))
     fig.add_hline(y=dense.metric, line_dash="dash", line_color="gray")
     better = "higher" if higher_is_better else "lower"
-    fig.update_layout(
-        title=f"{metric_name} against {AXES[x]} ({better} is better)", xaxis_title=AXES[x], yaxis_title=metric_name,
-        height=400, margin=dict(l=10, r=10, t=40, b=10),
-    )
-    return fig
+    title = f"{metric_name} against {AXES[x]} ({better} is better)"
+    return figures.layout(fig, title, height=400, xaxis_title=AXES[x], yaxis_title=metric_name)
 
 
 def layer_error_figure(run: Run) -> go.Figure:
@@ -276,8 +273,6 @@ def layer_error_figure(run: Run) -> go.Figure:
     if any(layer.weighted_error is not None for layer in run.layers):
         weighted = [layer.weighted_error for layer in run.layers]
         fig.add_trace(go.Bar(x=names, y=weighted, name="activation-weighted error"))
-    fig.update_layout(
-        title=f"Per-layer error of run {run.name}", barmode="group", xaxis_title="layer", yaxis_title="error",
-        height=360, margin=dict(l=10, r=10, t=40, b=10),
+    return figures.layout(
+        fig, f"Per-layer error of run {run.name}", barmode="group", xaxis_title="layer", yaxis_title="error"
     )
-    return fig

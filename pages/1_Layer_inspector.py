@@ -11,7 +11,7 @@ from dsf_core.plan import budget_plan
 
 SPECTRA_JOB = "insp_spectra_job"
 
-session.setup_page("Layer inspector", ":material/search:")
+session.setup_page("Layer inspector")
 bundle = session.current_bundle()
 target = session.choose_target(bundle)
 density = session.choose_density()

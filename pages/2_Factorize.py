@@ -1,22 +1,20 @@
 """Factorize: run one method on the chosen matrix, live, and see everything about its result."""
 
-from collections import OrderedDict
-
 import pandas as pd
 import streamlit as st
 
 from dsf_app import factorize_run as fr
-from dsf_app import figures, jobs, session
+from dsf_app import figures, job_results, jobs, layer_stats, method_settings, session
 from dsf_app.figures import downsample
 from dsf_app.messages import plain_message
 from dsf_core import METHODS
 
 JOB = "fact_job"
-RESULTS = "fact_results"  # the bounded cache of outcomes, keyed by fr.run_key
+RESULTS = "fact_results"  # the bounded cache of outcomes (job_results), keyed by fr.run_key
 AWARE = "Activation-aware"
 QUICK_WAIT_SECONDS = 2.0  # a run this short shows its result at once (the 2 s target); longer ones go live
 
-session.setup_page("Factorize", ":material/call_split:")
+session.setup_page("Factorize")
 st.title("Factorize")
 bundle = session.current_bundle()
 target = session.choose_target(bundle)
@@ -26,7 +24,7 @@ device = session.device()
 m, n = target.matrix.shape
 st.caption(
     f"Approximate **{target.label}** within {density:.0%} of its {m * n:,} parameters "
-    f"({int(density * m * n):,} stored numbers). Matrix and density are chosen in the sidebar."
+    f"({layer_stats.budget((m, n), density):,} stored numbers). Matrix and density are chosen in the sidebar."
 )
 
 
@@ -58,7 +56,7 @@ def option_widgets(method: str, quick: bool) -> dict:
     if not spec.options:
         st.caption(f"{method} has no options: the density alone decides what it keeps.")
         return {}
-    base = fr.base_options(method, quick)
+    base = fr.resolve_options(method, method_settings.options(method, quick))
     mode = "quick" if quick else "full"
     columns = st.columns(3)
     values = {}
@@ -70,7 +68,7 @@ def option_widgets(method: str, quick: bool) -> dict:
 
 def aware_choice(method: str) -> bool:
     """Data-free or activation-aware, where both make sense; says why not otherwise."""
-    if METHODS[method].uses_gram == "no":
+    if not method_settings.reads_gram(method):
         st.caption(f"{method} is data-free only: it never reads calibration inputs.")
         return False
     if target.gram is None:
@@ -98,16 +96,16 @@ def draw_live(job: jobs.Job) -> None:
         st.caption(f"{len(history)} steps so far; latest objective {history[-1]:.4g}.")
 
 
-def collect_finished_job(cache: OrderedDict) -> None:
+def collect_finished_job(cache: dict) -> None:
     """Move the result of a job that just ended into the cache (or keep its error to show)."""
-    job = jobs.current(JOB)
-    if job is None or job.running or "fact_job_key" not in st.session_state:
+    job = job_results.take_once(JOB)
+    if job is None:
         return
-    key = st.session_state.pop("fact_job_key")
+    key = job_results.result_key(JOB)
     if job.error is not None:
         st.session_state.fact_failed = (key, job.error)
     else:
-        fr.remember(cache, key, job.result)
+        job_results.remember(cache, key, job.result)
 
 
 def draw_metrics(outcome: fr.Outcome) -> None:
@@ -121,10 +119,10 @@ def draw_metrics(outcome: fr.Outcome) -> None:
         help_text = "sqrt(tr(D G D^T) / tr(W G W^T)), D = W - W_hat"
         first[1].metric("Output error", f"{outcome.output_error:.4g}", help=help_text)
     share = f"{result.n_params / dense['n_params']:.1%} of dense"
-    first[2].metric("Parameters", f"{result.n_params:,}", share, delta_color="off")
-    first[3].metric("Bytes (CSR)", f"{result.n_bytes:,}", f"dense: {dense['n_bytes']:,}", delta_color="off")
+    first[2].metric("Parameters", f"{result.n_params:,}", share, delta_color="off", delta_arrow="off")
+    first[3].metric("Bytes (CSR)", f"{result.n_bytes:,}", f"dense: {dense['n_bytes']:,}", delta_color="off", delta_arrow="off")
     second = st.columns(4)
-    second[0].metric("FLOPs per input row", f"{result.flops:,}", f"dense: {dense['flops']:,}", delta_color="off")
+    second[0].metric("FLOPs per input row", f"{result.flops:,}", f"dense: {dense['flops']:,}", delta_color="off", delta_arrow="off")
     second[1].metric("Seconds", f"{result.seconds:.3f}")
     second[2].metric("Device", str(result.device))
     second[3].metric("Steps run", outcome.steps)
@@ -140,6 +138,13 @@ def draw_metrics(outcome: fr.Outcome) -> None:
         st.caption(f"Method info: {result.info}")
 
 
+def draw_side_by_side(charts: dict) -> None:
+    """Figures in rows of up to three columns; ``charts`` maps each chart's key to its figure."""
+    columns = st.columns(min(len(charts), 3))
+    for i, (key, figure) in enumerate(charts.items()):
+        columns[i % len(columns)].plotly_chart(figure, key=key, width="stretch")
+
+
 def draw_factors(outcome: fr.Outcome) -> None:
     result = outcome.result
     if result.kind == "tt":
@@ -148,10 +153,10 @@ def draw_factors(outcome: fr.Outcome) -> None:
             "Each core (r_prev, m_k, n_k, r_next) is dense; shown unfolded as (r_prev m_k) x (n_k r_next). "
             f"Core shapes: {', '.join(str(tuple(core.shape)) for core in result.factors)}."
         )
-        columns = st.columns(min(len(result.factors), 3))
-        for i, core in enumerate(result.factors):
-            figure = figures.heatmap(fr.core_matrix(core), f"Core {i + 1} {tuple(core.shape)}")
-            columns[i % len(columns)].plotly_chart(figure, key=f"fact_core_{i}", width="stretch")
+        draw_side_by_side({
+            f"fact_core_{i}": figures.heatmap(fr.core_matrix(core), f"Core {i + 1} {tuple(core.shape)}")
+            for i, core in enumerate(result.factors)
+        })
         return
     st.subheader("Sparsity pattern of each factor")
     dense_note = " These factors are dense: every entry is stored." if not any(result.sparse) else ""
@@ -159,10 +164,9 @@ def draw_factors(outcome: fr.Outcome) -> None:
         "Black where a factor entry is nonzero (large factors are shown as blocks whose grey level is "
         f"their fraction of nonzeros); the product of the factors, left to right, is the approximation.{dense_note}"
     )
-    columns = st.columns(min(len(result.factors), 3))
-    for i, factor in enumerate(result.factors):
-        figure = figures.spy(factor, fr.factor_label(result, i))
-        columns[i % len(columns)].plotly_chart(figure, key=f"fact_spy_{i}", width="stretch")
+    draw_side_by_side({
+        f"fact_spy_{i}": figures.spy(factor, fr.factor_label(result, i)) for i, factor in enumerate(result.factors)
+    })
 
 
 def draw_matrices(outcome: fr.Outcome) -> None:
@@ -171,13 +175,11 @@ def draw_matrices(outcome: fr.Outcome) -> None:
     approximation = outcome.approximation
     limit = max(float(downsample(original).abs().max()), float(downsample(approximation).abs().max())) or 1.0
     st.caption("One colour scale for all three, so the error's size reads directly against the weights.")
-    shown = [
-        ("fact_original", "Original W", original),
-        ("fact_approx", "Approximation W_hat", approximation),
-        ("fact_error", "Error W - W_hat", original - approximation),
-    ]
-    for column, (key, title, matrix) in zip(st.columns(3), shown):
-        column.plotly_chart(figures.heatmap(matrix, title, zmax=limit), key=key, width="stretch")
+    draw_side_by_side({
+        "fact_original": figures.heatmap(original, "Original W", zmax=limit),
+        "fact_approx": figures.heatmap(approximation, "Approximation W_hat", zmax=limit),
+        "fact_error": figures.heatmap(original - approximation, "Error W - W_hat", zmax=limit),
+    })
 
 
 def draw_spectra(outcome: fr.Outcome) -> None:
@@ -224,8 +226,7 @@ def start_run(key: tuple, method: str, options: dict, aware: bool) -> None:
             weight, matrix, gram, method, options, density=density, aware=aware, device=device, callback=callback
         )
 
-    job = jobs.start(JOB, work, f"{method} on {target.label}")
-    st.session_state.fact_job_key = key
+    job = job_results.start(JOB, key, work, f"{method} on {target.label}")
     st.session_state.pop("fact_failed", None)
     job.wait(QUICK_WAIT_SECONDS)  # a short run is drawn at once, without the live view
 
@@ -242,7 +243,7 @@ quick = st.toggle(
     help="Start from the method's 'quick' preset (about 1 s on a 512 x 512 matrix); "
     "off: the papers' quality defaults.",
 )
-preset = METHODS[method].presets.get("quick", {})
+preset = method_settings.options(method, quick=True)
 if quick and preset:
     st.caption(f"Quick preview: {method} starts from its 'quick' preset {preset} over the defaults.")
 elif quick:
@@ -256,9 +257,9 @@ except (ValueError, TypeError) as exc:
     st.error(f"Check the options: {plain_message(exc)}")
     options = None
 
-cache = st.session_state.setdefault(RESULTS, OrderedDict())
+cache = st.session_state.setdefault(RESULTS, {})
 key = None if options is None else fr.run_key(target.key, method, options, density, aware, device)
-cached = None if key is None else fr.recall(cache, key)
+cached = None if key is None else job_results.recall(cache, key)
 clicked = st.button("Factorize", key="fact_run", type="primary", disabled=options is None)
 if clicked and (cached is None or cached.stopped):  # a finished result is never recomputed
     start_run(key, method, options, aware)
@@ -266,7 +267,7 @@ if clicked and (cached is None or cached.stopped):  # a finished result is never
 if not jobs.show_running(JOB, draw_live) and key is not None:
     collect_finished_job(cache)
     failed = st.session_state.get("fact_failed")
-    outcome = fr.recall(cache, key)
+    outcome = job_results.recall(cache, key)
     if failed is not None and failed[0] == key:
         st.error(f"Could not factorize: {failed[1]}")
     elif outcome is not None:

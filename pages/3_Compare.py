@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from dsf_app import comparison, job_results, jobs, session
+from dsf_app import comparison, job_results, jobs, layer_stats, session
 from dsf_core import METHODS
 
-session.setup_page("Compare", ":material/compare_arrows:")
+session.setup_page("Compare")
 bundle = session.current_bundle()
 target = session.choose_target(bundle)
 density = session.choose_density()
@@ -14,7 +14,8 @@ device = session.device()
 st.title("Compare methods at equal budget")
 st.caption(
     f"Every method on **{target.label}** with the same budget of stored parameters "
-    f"(density {density:.2f}: {comparison.budget(target, density):,} parameters). Device: **{device.type}**."
+    f"(density {density:.2f}: {layer_stats.budget(target.matrix.shape, density):,} parameters). "
+    f"Device: **{device.type}**."
 )
 session.warn_if_no_cuda()
 
@@ -39,6 +40,31 @@ if not methods:
     st.info("Choose at least one method.")
     st.stop()
 
+
+def start(job_key: str, made_for: tuple, run, density, label: str) -> None:
+    """Start ``run`` of the chosen methods as job ``job_key``: ``comparison.run_all`` at one
+    ``density``, or ``comparison.sweep`` over a list of them."""
+    work = job_results.reporting(run, target, density, methods, aware=aware, quick=quick, device=device)
+    job_results.start(job_key, made_for, work, label)
+
+
+def progress(total: int):
+    """A running job's view: how many of its ``total`` runs are done, and the last few results."""
+    return lambda job: st.caption(comparison.progress_text(job.progress, total))
+
+
+def finished_rows(job_key: str, store: dict, made_for: tuple, failed: str, unit: str):
+    """The rows for ``made_for`` once job ``job_key`` has ended (cached, or after Stop the ``unit`` done,
+    said in a warning) and the job if it was for ``made_for``; its error shows as ``Could not <failed>``."""
+    rows, job = job_results.result_for(job_key, store, made_for)
+    if job is not None and job.error:
+        st.error(f"Could not {failed}: {job.error}")
+    elif rows is None and job is not None and job.stopped:
+        st.warning(f"Stopped: the {len(job.result)} {unit} done before Stop.")
+        rows = job.result
+    return rows, job
+
+
 # --- one density ---------------------------------------------------------------------------------
 st.subheader(f"At density {density:.2f}")
 options = (tuple(methods), aware, quick, str(device))
@@ -52,26 +78,13 @@ def table(rows):
         st.markdown(comparison.winners(rows))
 
 
-def progress(job):
-    st.caption(comparison.progress_text(job.progress, len(methods)))
-
-
 if st.button("Run the comparison", key="cmp_run", type="primary", icon=":material/play_arrow:"):
-    job_results.start(
-        "cmp_job", key,
-        job_results.reporting(comparison.run_all, target, density, methods, aware=aware, quick=quick, device=device),
-        f"{len(methods)} methods at density {density:.2f}",
-    )
-if not jobs.show_running("cmp_job", progress):
-    rows, job = job_results.result_for("cmp_job", results, key)
-    if job is not None and job.error:
-        st.error(f"Could not compare the methods: {job.error}")
-    elif rows is not None:
+    start("cmp_job", key, comparison.run_all, density, f"{len(methods)} methods at density {density:.2f}")
+if not jobs.show_running("cmp_job", progress(len(methods))):
+    rows, job = finished_rows("cmp_job", results, key, "compare the methods", "methods")
+    if rows is not None:
         table(rows)
-    elif job is not None and job.stopped:
-        st.warning(f"Stopped: the {len(job.result)} methods done before Stop.")
-        table(job.result)
-    else:
+    elif job is None:
         st.info("Press *Run the comparison* to factorize the matrix with every chosen method.")
 st.caption(
     "Relative error is ||W - W_hat||_F / ||W||_F. Parameters are stored values (nonzeros of sparse "
@@ -96,23 +109,11 @@ def plot(rows):
     st.plotly_chart(fig, key="cmp_sweep_plot", width="stretch")
 
 
-def sweep_progress(job):
-    st.caption(comparison.progress_text(job.progress, len(methods) * len(densities)))
-
-
 if st.button("Run the sweep", key="cmp_sweep_run", icon=":material/show_chart:", disabled=not densities):
-    job_results.start(
-        "cmp_sweep_job", sweep_key,
-        job_results.reporting(comparison.sweep, target, densities, methods, aware=aware, quick=quick, device=device),
-        f"{len(methods)} methods x {len(densities)} densities",
-    )
-if not jobs.show_running("cmp_sweep_job", sweep_progress):
-    rows, job = job_results.result_for("cmp_sweep_job", sweeps, sweep_key)
-    if job is not None and job.error:
-        st.error(f"Could not run the sweep: {job.error}")
-    elif job is not None and job.stopped and rows is None:
-        st.warning(f"Stopped: the {len(job.result)} runs done before Stop.")
-        rows = job.result
+    label = f"{len(methods)} methods x {len(densities)} densities"
+    start("cmp_sweep_job", sweep_key, comparison.sweep, densities, label)
+if not jobs.show_running("cmp_sweep_job", progress(len(methods) * len(densities))):
+    rows, job = finished_rows("cmp_sweep_job", sweeps, sweep_key, "run the sweep", "runs")
     if rows is not None:
         plot(rows)
         missing = [f"{r.method} at {r.density:.2f}: {r.note}" for r in rows if not r.ok]

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from dsf_app import job_results, jobs, session, tradeoffs
+from dsf_app import job_results, jobs, method_settings, session, tradeoffs
 from dsf_core import METHODS
 
-session.setup_page("Trade-offs", ":material/balance:")
+session.setup_page("Trade-offs")
 bundle = session.current_bundle()
 choice = session.current_choice()
 density = session.choose_density()
@@ -23,10 +23,7 @@ if "trade_folder" not in st.session_state:
     st.session_state.trade_folder = tradeoffs.checkpoint_folder()
 
 # --- settings ------------------------------------------------------------------------------------
-layers = session.layers(bundle)
-if not layers:
-    st.error("This model has no factorizable layer (Linear, Conv2d without groups, or Conv1D).")
-    st.stop()
+layers = session.layers_or_stop(bundle)
 names = [layer.name for layer in layers]
 shapes = {layer.name: "x".join(map(str, layer.shape)) for layer in layers}
 left, right = st.columns(2)
@@ -38,7 +35,7 @@ picked = right.multiselect(
 calibration = int(left.number_input(
     "Calibration samples (0: data-free)", 0, 4096, session.CALIBRATION_SAMPLES, 16, key="trade_calibration"
 ))
-reads_gram = calibration > 0 and METHODS[method].uses_gram != "no"
+reads_gram = calibration > 0 and method_settings.reads_gram(method)
 sequential = right.checkbox(
     "Sequential Grams (on the partly compressed model)", value=False,
     key="trade_sequential", disabled=not reads_gram,
@@ -111,10 +108,10 @@ if not runs:
     st.stop()
 
 references = st.session_state.setdefault("trade_dense", {})
-if choice not in references:
-    metric = session.dense_metrics(choice)[bundle.metric_name]
-    job_results.remember(references, choice, tradeoffs.dense_reference(bundle, metric), limit=4)
-dense = references[choice]
+dense = job_results.recall(references, choice)
+if dense is None:
+    dense = tradeoffs.dense_reference(bundle, session.dense_metrics(choice)[bundle.metric_name])
+    job_results.remember(references, choice, dense, limit=4)
 
 st.subheader("Runs")
 plots = st.columns(2)

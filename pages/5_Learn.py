@@ -11,7 +11,7 @@ from dsf_core import METHODS
 
 COMPARE_JOB, HADAMARD_JOB, LOW_RANK_JOB = "learn_compare_job", "learn_had_job", "learn_lr_job"
 
-session.setup_page("Learn", ":material/school:")
+session.setup_page("Learn")
 density = session.choose_density(label="Density for the comparison (kept fraction)")
 session.warn_if_no_cuda()
 device = session.device()
@@ -137,7 +137,7 @@ levels = int(math.log2(had_size))
 st.caption(
     f"Hierarchical PALM4MSA with {levels} factors, projection splincol, k = 2, at density "
     f"{learn.butterfly_density(had_size):.4g} (the most {levels} splincol(2) factors can hold); SVD at the "
-    f"{2 * had_size * levels:,} parameters that {levels} butterflies store."
+    f"{toys.butterfly_params(had_size):,} parameters that {levels} butterflies store."
 )
 hadamard_key = ("hadamard", had_size, device.type)
 if st.button("Find the butterflies", key="learn_had_run", type="primary"):

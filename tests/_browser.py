@@ -61,7 +61,7 @@ def chromium_tab(timeout_ms: int = 60_000):
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab = browser.new_page(viewport={"width": 1440, "height": 1100})
         tab.set_default_timeout(timeout_ms)
         try:
             yield tab
@@ -79,5 +79,5 @@ def settle(tab) -> None:
 
 def open_page(tab, title: str) -> None:
     """Follow the sidebar link to page ``title`` (same session, so the choices persist)."""
-    tab.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+    tab.get_by_test_id("stSidebar").get_by_role("link", name=title, exact=True).click()
     settle(tab)

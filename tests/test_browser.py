@@ -24,6 +24,8 @@ if CHROMIUM is None:
 
 from playwright.sync_api import expect  # noqa: E402
 
+expect.set_options(timeout=60_000)  # a cold start or a whole-model run can take a while on 2 cores
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -49,6 +51,11 @@ def _assert_no_errors(tab) -> None:
     assert "Traceback" not in tab.content()
 
 
+def _scroll_to_heading(tab, name: str) -> None:
+    tab.get_by_role("heading", name=name).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+    tab.wait_for_timeout(300)
+
+
 def _file_name(title: str) -> str:
     return title.lower().replace(" ", "_").replace("-", "_") + ".png"
 
@@ -62,7 +69,17 @@ def test_home_renders_the_default_model(page, server, screenshots):
     print(f"\nHome with digits-cnn rendered {seconds:.2f} s after the server was up")
     settle(page)
     _assert_no_errors(page)
-    page.screenshot(path=str(screenshots / "home.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "home.png"))
+
+
+# page title: the button to press there (or None), text that must then appear, the heading the
+# screenshot scrolls to (or None)
+ACTIONS = {
+    "Layer inspector": (None, "Effective rank", "Singular values"),
+    "Compare": ("Run the comparison", "Best here", None),
+    "Trade-offs": ("Compress", "Download the compressed checkpoint", "Runs"),
+    "Learn": ("Find the butterflies", "Hierarchical PALM4MSA error", "Hadamard"),
+}
 
 
 @pytest.mark.parametrize("title", PAGES)
@@ -70,7 +87,21 @@ def test_every_page_renders_without_errors(page, server, screenshots, title):
     open_page(page, title)
     expect(page.get_by_role("heading", name=title).first).to_be_visible()
     _assert_no_errors(page)
-    page.screenshot(path=str(screenshots / _file_name(title)), full_page=True)
+    page.screenshot(path=str(screenshots / _file_name(title)))
+
+
+@pytest.mark.parametrize("title", list(ACTIONS))
+def test_each_page_does_its_work(page, server, screenshots, title):
+    open_page(page, title)
+    button, shows, scroll_to = ACTIONS[title]
+    if button is not None:
+        page.get_by_role("button", name=button, exact=True).click()
+    expect(page.get_by_text(shows).first).to_be_visible()
+    settle(page)
+    _assert_no_errors(page)
+    if scroll_to is not None:
+        _scroll_to_heading(page, scroll_to)
+    page.screenshot(path=str(screenshots / _file_name(title + " result")))
 
 
 def test_factorize_shows_the_result_and_the_sparsity_pattern(page, server, screenshots):
@@ -83,4 +114,6 @@ def test_factorize_shows_the_result_and_the_sparsity_pattern(page, server, scree
     expect(page.locator(".js-plotly-plot", has_text="nonzeros").first).to_be_visible()
     settle(page)
     _assert_no_errors(page)
-    page.screenshot(path=str(screenshots / "factorize_result.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "factorize_result.png"))
+    _scroll_to_heading(page, "Sparsity pattern of each factor")
+    page.screenshot(path=str(screenshots / "factorize_factors.png"))

@@ -1,12 +1,12 @@
-"""dsf_app.factorize_run: options from widget values, progress bounds, one run's summary, the cache."""
-
-from collections import OrderedDict
+"""dsf_app.factorize_run: options from widget values, progress bounds, one run's summary, the cache key;
+and dsf_app.method_settings, which the runs use."""
 
 import pytest
 import torch
 
 import dsf_core
 from dsf_app import factorize_run as fr
+from dsf_app import method_settings
 from dsf_core import METHODS
 
 
@@ -18,11 +18,31 @@ def weight_and_gram():
     return W, X.T @ X / 200
 
 
-def test_base_options_overlay_the_quick_preset_on_the_defaults():
-    assert fr.base_options("dsf", quick=True) == {**fr.base_options("dsf", quick=False), "n_rounds": 18}
-    assert fr.base_options("dsf", quick=False)["n_rounds"] == METHODS["dsf"].options["n_rounds"].default
-    assert fr.base_options("svd", quick=True) == {"rank": None}
-    assert fr.base_options("magnitude", quick=True) == {}
+def test_options_are_the_quick_preset_or_the_defaults():
+    assert method_settings.options("dsf", quick=True) == {"n_rounds": 18}
+    assert method_settings.options("dsf", quick=False) == {}
+    assert method_settings.options("svd", quick=True) == {}  # no preset: the defaults
+    method_settings.options("dsf", quick=True)["n_rounds"] = 1  # a copy: the preset is untouched
+    assert METHODS["dsf"].presets["quick"] == {"n_rounds": 18}
+
+
+def test_widgets_start_from_the_quick_preset_overlaid_on_the_defaults():
+    def start(method, quick):  # what the Factorize page's option widgets start from
+        return fr.resolve_options(method, method_settings.options(method, quick))
+
+    assert start("dsf", quick=True) == {**start("dsf", quick=False), "n_rounds": 18}
+    assert start("dsf", quick=False)["n_rounds"] == METHODS["dsf"].options["n_rounds"].default
+    assert start("svd", quick=True) == {"rank": None}
+    assert start("magnitude", quick=True) == {}
+
+
+def test_fit_gram_is_damped_only_for_activation_aware_runs_of_methods_that_read_one(weight_and_gram):
+    _, G = weight_and_gram
+    torch.testing.assert_close(method_settings.fit_gram(G, "dsf", aware=True), dsf_core.damp_gram(G, 0.01))
+    assert method_settings.fit_gram(G, "dsf", aware=False) is None
+    assert method_settings.fit_gram(G, "tt", aware=True) is None  # TT reads no Gram
+    assert method_settings.fit_gram(None, "dsf", aware=True) is None
+    assert [m for m in METHODS if method_settings.reads_gram(m)] == ["dsf", "svd", "magnitude", "wanda"]
 
 
 def test_start_values_are_inside_each_options_range():
@@ -66,14 +86,6 @@ def test_progress_reaches_one_exactly_at_the_last_possible_step(weight_and_gram,
 def test_one_step_methods_have_no_progress_fraction():
     assert fr.max_steps("svd", {"rank": None}) is None
     assert fr.progress_fraction("tt", {"ranks": None, "n_cores": None}, 0) is None
-
-
-def test_numerical_rank_counts_singular_values_above_roundoff():
-    g = torch.Generator().manual_seed(0)
-    low_rank = torch.randn(30, 5, generator=g) @ torch.randn(5, 20, generator=g)
-    assert fr.numerical_rank(torch.linalg.svdvals(low_rank.double()), (30, 20)) == 5
-    assert fr.numerical_rank(torch.zeros(4), (4, 4)) == 0
-    assert fr.numerical_rank(torch.ones(3), (3, 3)) == 3
 
 
 def test_svd_run_matches_eckart_young_and_its_rank(weight_and_gram):
@@ -130,16 +142,6 @@ def test_run_key_holds_everything_that_decides_the_result():
     ]
     for name, value in changes:
         assert fr.run_key(**{**base, name: value}) != key, name
-
-
-def test_cache_keeps_the_most_recently_used_entries():
-    cache = OrderedDict()
-    for i in range(fr.CACHE_SIZE):
-        fr.remember(cache, i, f"outcome {i}")
-    assert fr.recall(cache, 0) == "outcome 0"  # now the most recent
-    fr.remember(cache, "new", "outcome new")
-    assert len(cache) == fr.CACHE_SIZE
-    assert 1 not in cache and 0 in cache and fr.recall(cache, 1) is None
 
 
 def test_summary_rows_put_the_dense_matrix_beside_the_result(weight_and_gram):

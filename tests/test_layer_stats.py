@@ -87,6 +87,16 @@ def test_numerical_rank_of_a_low_rank_product(rank):
     assert layer_stats.numerical_rank(layer_stats.singular_values(W), 30) == rank == np.linalg.matrix_rank(W.numpy())
 
 
+def test_numerical_rank_of_a_float32_product_uses_float32_roundoff():
+    g = torch.Generator().manual_seed(0)
+    low_rank = torch.randn(30, 5, generator=g) @ torch.randn(5, 20, generator=g)
+    s = layer_stats.singular_values(low_rank)
+    assert layer_stats.numerical_rank(s, 30, torch.float32) == 5
+    assert layer_stats.numerical_rank(s, 30, torch.float64) > 5  # float32 round-off is not float64's
+    assert layer_stats.numerical_rank(torch.zeros(4), 4, torch.float32) == 0
+    assert layer_stats.numerical_rank(torch.ones(3), 3, torch.float32) == 3
+
+
 @pytest.mark.parametrize("shape, density", [((40, 24), 0.3), ((30, 30), 0.03), ((58, 50), 0.01), ((100, 60), 0.29)])
 def test_budget_is_what_factorize_allows(shape, density):
     kept = factorize(_matrix(*shape), "magnitude", density=density).n_params

@@ -15,6 +15,12 @@ def test_hadamard_is_orthogonal_and_matches_scipy(n):
     np.testing.assert_array_equal(H.numpy(), scipy.linalg.hadamard(n))
 
 
+def test_hadamard_toy_fits_in_its_butterflies():
+    toy = toys.make(toys.spec_for("hadamard", 16))
+    assert toys.butterfly_params(16) == 2 * 16 * 4  # 4 butterfly factors, 2 nonzeros in each of 16 rows
+    assert toy.natural_density == 128 / 16**2 and "128 numbers instead of 256" in toy.note
+
+
 @pytest.mark.parametrize("n", [0, 3, 12])
 def test_hadamard_needs_a_power_of_two(n):
     with pytest.raises(ValueError, match="power of two"):
