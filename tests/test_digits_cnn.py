@@ -2,10 +2,11 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
-from dsf_core.models import load_builtin
+from dsf_core.models import digits_cnn, load_builtin
 from dsf_core.models.digits_cnn import (
     DigitsCNN,
     DigitsCNNConfig,
@@ -96,3 +97,11 @@ def test_short_training_run_is_reproducible_and_beats_chance():
     assert not model.training
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
     assert evaluate(model)["accuracy"] > 40.0  # chance is 10%; this run gets ~70%
+
+
+def test_digits_read_directly_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    images, labels = digits_cnn._read_digits()
+    reference = load_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)

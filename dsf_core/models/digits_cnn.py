@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -78,14 +80,27 @@ def load_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 
     Cached: the same tensors are returned on every call, so do not modify them in place.
     """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    order = np.random.RandomState(SPLIT_SEED).permutation(len(digits.target))
+    images, labels = _read_digits()
+    order = np.random.RandomState(SPLIT_SEED).permutation(len(labels))
     n_train = int((1 - TEST_FRACTION) * len(order))  # 1347 train, 450 test
-    x = torch.tensor(digits.images[order] / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(digits.target[order], dtype=torch.long)
+    x = torch.tensor(images[order] / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(labels[order], dtype=torch.long)
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def _read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as ``(images (1797, 8, 8), labels)``: read straight from its
+    data file (``load_digits`` reads the same file, but importing ``sklearn.datasets`` costs half
+    a second of every app start); through ``load_digits`` if that file is not where it was."""
+    package = importlib.util.find_spec("sklearn")
+    file = Path(package.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not file.is_file():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    table = np.loadtxt(file, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
 
 
 def train(
