@@ -95,16 +95,18 @@ def dense_metrics(choice: ModelChoice) -> dict:
     return {k: float(v) for k, v in bundle.evaluate(bundle.model).items()}
 
 
-@st.cache_resource(max_entries=4, show_spinner="Collecting calibration Grams...")
-def calibration_grams(choice: ModelChoice, n_samples: int = CALIBRATION_SAMPLES) -> dict[str, torch.Tensor]:
-    """Undamped input Gram ``X^T X / rows`` of every factorizable layer over ``n_samples``
-    calibration samples, from one pass over the dense model."""
+@st.cache_resource(max_entries=32, show_spinner="Collecting the layer's calibration Gram...")
+def calibration_gram(choice: ModelChoice, layer_name: str, n_samples: int = CALIBRATION_SAMPLES) -> torch.Tensor:
+    """The layer's undamped input Gram ``X^T X / rows`` over ``n_samples`` calibration samples of
+    the dense model (one layer at a time: all of a large model's Grams would not fit in memory)."""
     bundle = cached_bundle(choice)
-    names = [layer.name for layer in list_layers(bundle.model)]
-    with torch.no_grad(), recording_inputs(bundle.model, names) as accumulators:
+    with torch.no_grad(), recording_inputs(bundle.model, [layer_name]) as accumulators:
         for batch in bundle.calibration_inputs(n_samples):
             bundle.forward(bundle.model, batch)
-    return {name: acc.gram(0.0) for name, acc in accumulators.items() if acc.rows > 0}
+    accumulator = accumulators[layer_name]
+    if accumulator.rows == 0:
+        raise ValueError(f"the calibration inputs never reach layer {layer_name}")
+    return accumulator.gram(0.0)
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
@@ -262,7 +264,7 @@ def choose_target(bundle: ModelBundle) -> Target:
     layer = choose_layer(bundle)
     choice = current_choice()
     try:
-        gram = calibration_grams(choice).get(layer.name)
+        gram = calibration_gram(choice, layer.name)
         gram_source = f"{CALIBRATION_SAMPLES} calibration samples of {choice.label}"
     except Exception as exc:  # the model's own inputs failed: data-free methods still work
         gram, gram_source = None, f"no calibration data ({plain_message(exc)})"

@@ -21,7 +21,7 @@ QUICK_DSF = dsf_core.METHODS["dsf"].presets["quick"]
 def layer():
     """The default layer's kernel, matrix and undamped calibration Gram, outside the app."""
     bundle = load_builtin("digits-cnn")
-    gram = session.calibration_grams(session.ModelChoice("builtin", "digits-cnn"))[LAYER]
+    gram = session.calibration_gram(session.ModelChoice("builtin", "digits-cnn"), LAYER)
     return session.layer_kernel(bundle, LAYER), session.layer_weight(bundle, LAYER), gram
 
 

@@ -111,10 +111,10 @@ def test_spectra_are_cached_per_matrix(monkeypatch):
 
 
 def test_without_calibration_data_a_caption_says_so(monkeypatch):
-    def no_data(choice):
+    def no_data(choice, layer_name):
         raise RuntimeError("the calibration inputs could not be read")
 
-    monkeypatch.setattr(session, "calibration_grams", no_data)
+    monkeypatch.setattr(session, "calibration_gram", no_data)
     at = open_page(PAGE)
     assert not problems(at)
     assert any("There is no calibration data" in c.value and "could not be read" in c.value for c in at.caption)
