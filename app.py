@@ -47,7 +47,7 @@ with left:
         index=list(SOURCES).index(current.kind),
         format_func=SOURCES.get,
         horizontal=True,
-        key="home_source",
+        persist_state="session", key="home_source",
     )
     if source == "builtin":
         names = list(BUILTIN_MODELS)
@@ -61,14 +61,14 @@ with left:
             on_change=lambda: load(lambda: session.ModelChoice("builtin", st.session_state.home_builtin)),
         )
     elif source == "torchvision":
-        arch = st.text_input("Architecture (e.g. resnet18)", key="home_tv_arch")
-        path = st.text_input("Weights file on this server (a state dict: .pth, .pt or .safetensors)", key="home_tv_path")
-        classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, key="home_tv_classes")
-        shape = st.text_input("Input shape (channels, height, width)", "3, 224, 224", key="home_tv_shape")
+        arch = st.text_input("Architecture (e.g. resnet18)", persist_state="session", key="home_tv_arch")
+        path = st.text_input("Weights file on this server (a state dict: .pth, .pt or .safetensors)", persist_state="session", key="home_tv_path")
+        classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, persist_state="session", key="home_tv_classes")
+        shape = st.text_input("Input shape (channels, height, width)", "3, 224, 224", persist_state="session", key="home_tv_shape")
         if st.button("Load", key="home_tv_load", disabled=not (arch and path)):
             load(lambda: session.ModelChoice("torchvision", arch.strip(), path.strip(), int(classes) or None, session.parse_input_shape(shape)))
     elif source == "hf":
-        path = st.text_input("Model directory on this server (config.json + .safetensors)", key="home_hf_path")
+        path = st.text_input("Model directory on this server (config.json + .safetensors)", persist_state="session", key="home_hf_path")
         if st.button("Load", key="home_hf_load", disabled=not path):
             load(lambda: session.ModelChoice("hf", path=path.strip()))
     else:
@@ -77,9 +77,9 @@ with left:
             f"unpickling code: `weights_only=True` or safetensors), at most {session.MAX_UPLOAD_MB} MB."
         )
         upload = st.file_uploader("Checkpoint", type=["pt", "pth", "safetensors"], key="home_upload")
-        arch = st.text_input("torchvision architecture of a state dict (empty for TorchScript)", key="home_up_arch")
-        classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, key="home_up_classes")
-        shape = st.text_input("Input shape (channels, height, width)", "3, 224, 224", key="home_up_shape")
+        arch = st.text_input("torchvision architecture of a state dict (empty for TorchScript)", persist_state="session", key="home_up_arch")
+        classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, persist_state="session", key="home_up_classes")
+        shape = st.text_input("Input shape (channels, height, width)", "3, 224, 224", persist_state="session", key="home_up_shape")
         if st.button("Load", key="home_up_load", disabled=upload is None):
             load(
                 lambda: session.ModelChoice(

@@ -84,7 +84,7 @@ def show_singular_values(s: torch.Tensor) -> None:
             f"{layer_stats.rank_for_energy(s, 0.9)}, 99% in the top {layer_stats.rank_for_energy(s, 0.99)}."
         )
     start_k = max(1, min(layer_stats.svd_rank((m, n), density), s.numel()))
-    k = st.slider("k (top singular values)", 1, s.numel(), start_k, key=f"insp_k_{m}x{n}")
+    k = st.slider("k (top singular values)", 1, s.numel(), start_k, persist_state="session", key=f"insp_k_{m}x{n}")
     cols = st.columns(2)
     cols[0].metric(f"Energy in the top {k}", f"{layer_stats.energy(s, k):.2%}")
     cols[1].metric(f"Best rank-{k} relative error", f"{layer_stats.eckart_young_error(s, k):.4f}")

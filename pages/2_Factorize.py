@@ -32,9 +32,9 @@ def option_widget(key: str, name: str, option, value):
     """One widget for a method option: a selectbox for choices, else a number input (behind an
     "auto" checkbox when the default is the method's own choice)."""
     if option.choices is not None:
-        return st.selectbox(name, option.choices, index=option.choices.index(value), key=key, help=option.help)
+        return st.selectbox(name, option.choices, index=option.choices.index(value), persist_state="session", key=key, help=option.help)
     if value is None:
-        if st.checkbox(f"{name}: auto", value=True, key=f"{key}_auto", help=option.help):
+        if st.checkbox(f"{name}: auto", value=True, persist_state="session", key=f"{key}_auto", help=option.help):
             return None
         value = fr.start_value(option)
     kind = option.kind
@@ -45,7 +45,7 @@ def option_widget(key: str, name: str, option, value):
         value=kind(value),
         step=1 if kind is int else None,
         format=None if kind is int else "%g",
-        key=key,
+        persist_state="session", key=key,
         help=f"{option.help} Allowed: {option.range_text()}.",
     )
 
@@ -77,7 +77,7 @@ def aware_choice(method: str) -> bool:
     choice = st.radio(
         "Objective",
         ["Data-free", AWARE],
-        key="fact_aware",
+        persist_state="session", key="fact_aware",
         horizontal=True,
         help="Data-free minimises ||W - W_hat||_F; activation-aware minimises the layer's output error "
         "on the calibration inputs, sqrt(tr(D G D^T) / tr(W G W^T)) with D = W - W_hat.",
@@ -186,7 +186,7 @@ def draw_spectra(outcome: fr.Outcome) -> None:
     st.subheader("Singular values")
     curves = {"original": outcome.original_values, "approximation": outcome.singular_values}
     title = f"Singular values: the product has numerical rank {outcome.rank} of {min(m, n)}"
-    log = st.toggle("Logarithmic axis", value=True, key="fact_spectrum_log")
+    log = st.toggle("Logarithmic axis", value=True, persist_state="session", key="fact_spectrum_log")
     st.plotly_chart(figures.spectrum(curves, title, log=log), key="fact_spectrum", width="stretch")
     st.caption(
         "Sparse factors can keep the full rank where a truncated SVD of the same budget cannot; "
@@ -234,12 +234,12 @@ def start_run(key: tuple, method: str, options: dict, aware: bool) -> None:
 # --- method and options ------------------------------------------------------------------------
 
 names = list(METHODS)
-method = st.selectbox("Method", names, index=names.index("dsf"), key="fact_method")
+method = st.selectbox("Method", names, index=names.index("dsf"), persist_state="session", key="fact_method")
 st.caption(METHODS[method].description)
 quick = st.toggle(
     "Quick preview",
     value=True,
-    key="fact_quick",
+    persist_state="session", key="fact_quick",
     help="Start from the method's 'quick' preset (about 1 s on a 512 x 512 matrix); "
     "off: the papers' quality defaults.",
 )

@@ -20,16 +20,16 @@ st.caption(
 session.warn_if_no_cuda()
 
 left, middle, right = st.columns([3, 2, 1])
-methods = left.multiselect("Methods", list(METHODS), default=list(METHODS), key="cmp_methods")
+methods = left.multiselect("Methods", list(METHODS), default=list(METHODS), persist_state="session", key="cmp_methods")
 modes = ["Data-free", "Activation-aware"]
 mode = middle.radio(
-    "Objective", modes, horizontal=True, key="cmp_mode", disabled=target.gram is None,
+    "Objective", modes, horizontal=True, persist_state="session", key="cmp_mode", disabled=target.gram is None,
     help=f"Activation-aware, the methods that read a Gram ({', '.join(comparison.GRAM_METHODS)}) fit the layer's "
     "outputs on the calibration inputs instead of its weights; the others always work data-free.",
 )
 aware = mode == modes[1] and target.gram is not None
 quick = right.toggle(
-    "Quick presets", value=True, key="cmp_quick", help="Fewer iterations: about 1 s per 512 x 512 matrix."
+    "Quick presets", value=True, persist_state="session", key="cmp_quick", help="Fewer iterations: about 1 s per 512 x 512 matrix."
 )
 has_gram = target.gram is not None
 st.caption(
@@ -96,10 +96,10 @@ st.caption(
 st.subheader("Error against density")
 densities = st.multiselect(
     "Densities", comparison.SWEEP_DENSITIES, default=[d for d in comparison.SWEEP_DENSITIES if d >= 0.05],
-    format_func=lambda d: f"{d:.2f}", key="cmp_densities",
+    format_func=lambda d: f"{d:.2f}", persist_state="session", key="cmp_densities",
 )
 y_choices = ["relative error", "output error"] if has_gram else ["relative error"]
-y_axis = st.radio("Plot", y_choices, horizontal=True, key="cmp_sweep_y")
+y_axis = st.radio("Plot", y_choices, horizontal=True, persist_state="session", key="cmp_sweep_y")
 sweeps = st.session_state.setdefault("cmp_sweeps", {})
 sweep_key = (target.key, tuple(sorted(densities)), *options)
 

@@ -27,22 +27,22 @@ layers = session.layers_or_stop(bundle)
 names = [layer.name for layer in layers]
 shapes = {layer.name: "x".join(map(str, layer.shape)) for layer in layers}
 left, right = st.columns(2)
-method = left.selectbox("Method", list(METHODS), key="trade_method")
+method = left.selectbox("Method", list(METHODS), persist_state="session", key="trade_method")
 left.caption(METHODS[method].description)
 picked = right.multiselect(
-    "Layers", names, default=names, key="trade_layers", format_func=lambda n: f"{n} ({shapes[n]})"
+    "Layers", names, default=names, persist_state="session", key="trade_layers", format_func=lambda n: f"{n} ({shapes[n]})"
 )
 calibration = int(left.number_input(
-    "Calibration samples (0: data-free)", 0, 4096, session.CALIBRATION_SAMPLES, 16, key="trade_calibration"
+    "Calibration samples (0: data-free)", 0, 4096, session.CALIBRATION_SAMPLES, 16, persist_state="session", key="trade_calibration"
 ))
 reads_gram = calibration > 0 and method_settings.reads_gram(method)
 sequential = right.checkbox(
     "Sequential Grams (on the partly compressed model)", value=False,
-    key="trade_sequential", disabled=not reads_gram,
+    persist_state="session", key="trade_sequential", disabled=not reads_gram,
     help="Later layers then see (and correct for) earlier layers' errors, at the cost of one pass over the "
     "calibration samples per layer; otherwise one pass over the original model collects every Gram.",
 )
-quick = right.toggle("Quick presets", value=True, key="trade_quick")
+quick = right.toggle("Quick presets", value=True, persist_state="session", key="trade_quick")
 if not reads_gram:
     why = "no calibration samples." if calibration == 0 else "it reads no Gram."
     st.caption(f"{method} works data-free here: {why}")
@@ -71,9 +71,9 @@ jobs.show_running("trade_job", show_progress)
 
 st.subheader("Sweep")
 cols = st.columns(2)
-sweep_methods = cols[0].multiselect("Methods", list(METHODS), default=[method], key="trade_sweep_methods")
+sweep_methods = cols[0].multiselect("Methods", list(METHODS), default=[method], persist_state="session", key="trade_sweep_methods")
 sweep_densities = cols[1].multiselect(
-    "Densities", [0.05, 0.1, 0.2, 0.3, 0.5, 0.7], default=[0.1, 0.3, 0.5], key="trade_sweep_densities",
+    "Densities", [0.05, 0.1, 0.2, 0.3, 0.5, 0.7], default=[0.1, 0.3, 0.5], persist_state="session", key="trade_sweep_densities",
     format_func=lambda d: f"{d:.2f}",
 )
 grid = tradeoffs.grid(settings, sweep_methods, sweep_densities)
@@ -129,7 +129,7 @@ st.dataframe(tradeoffs.runs_table(runs, bundle.metric_name), hide_index=True, wi
 
 by_number = {run.number: run for run in runs}
 number = st.selectbox(
-    "Details of run", list(reversed(by_number)), format_func=lambda k: by_number[k].name, key="trade_pick"
+    "Details of run", list(reversed(by_number)), format_func=lambda k: by_number[k].name, persist_state="session", key="trade_pick"
 )
 run = by_number[number]
 st.plotly_chart(tradeoffs.layer_error_figure(run), key="trade_layer_errors", width="stretch")

@@ -69,19 +69,19 @@ def use_density(value: float) -> None:
 # --- 1. the toy -------------------------------------------------------------------------------
 st.header("1. Make a toy matrix")
 cols = st.columns(3)
-kind = cols[0].selectbox("Kind", list(toys.KINDS), format_func=toys.KINDS.get, key="learn_kind")
-size = cols[1].selectbox("Size (n x n)", toys.SIZES, index=toys.SIZES.index(64), key="learn_size")
+kind = cols[0].selectbox("Kind", list(toys.KINDS), format_func=toys.KINDS.get, persist_state="session", key="learn_kind")
+size = cols[1].selectbox("Size (n x n)", toys.SIZES, index=toys.SIZES.index(64), persist_state="session", key="learn_size")
 deterministic = kind in ("hadamard", "dft")
-seed = int(cols[2].number_input("Seed", 0, 1_000_000, 0, key="learn_seed", disabled=deterministic))
+seed = int(cols[2].number_input("Seed", 0, 1_000_000, 0, persist_state="session", key="learn_seed", disabled=deterministic))
 params = {}
 if kind == "low_rank":
     cols = st.columns(2)
-    params["rank"] = int(cols[0].number_input("Rank (at most the size)", 1, max(toys.SIZES), 8, key="learn_rank"))
-    params["noise"] = cols[1].slider("Noise level", 0.0, 1.0, 0.01, 0.01, key="learn_noise")
+    params["rank"] = int(cols[0].number_input("Rank (at most the size)", 1, max(toys.SIZES), 8, persist_state="session", key="learn_rank"))
+    params["noise"] = cols[1].slider("Noise level", 0.0, 1.0, 0.01, 0.01, persist_state="session", key="learn_noise")
 elif kind == "planted":
     cols = st.columns(2)
-    params["density_a"] = cols[0].slider("Density of A", 0.01, 1.0, 0.1, 0.01, key="learn_density_a")
-    params["density_b"] = cols[1].slider("Density of B", 0.01, 1.0, 0.1, 0.01, key="learn_density_b")
+    params["density_a"] = cols[0].slider("Density of A", 0.01, 1.0, 0.1, 0.01, persist_state="session", key="learn_density_a")
+    params["density_b"] = cols[1].slider("Density of B", 0.01, 1.0, 0.1, 0.01, persist_state="session", key="learn_density_b")
 toy = toys.make(toys.spec_for(kind, size, seed, **params))
 
 left, right = st.columns([3, 2])
@@ -132,7 +132,7 @@ st.markdown(
     "nonzeros per row and column: `2 n L` numbers in all. Its singular values are all equal to "
     "`sqrt(n)`, so SVD at the same budget keeps only `L` of `n` directions."
 )
-had_size = st.selectbox("Hadamard size", [4, 8, 16, 32, 64, 128, 256], index=3, key="learn_had_size")
+had_size = st.selectbox("Hadamard size", [4, 8, 16, 32, 64, 128, 256], index=3, persist_state="session", key="learn_had_size")
 levels = int(math.log2(had_size))
 st.caption(
     f"Hierarchical PALM4MSA with {levels} factors, projection splincol, k = 2, at density "
@@ -171,8 +171,8 @@ st.markdown(
     "spread the same budget over entries that are all needed."
 )
 cols = st.columns(2)
-lr_rank = int(cols[0].number_input("Rank r", 1, 64, 8, key="learn_lr_rank"))
-lr_noise = cols[1].slider("Noise level", 0.0, 0.5, 0.01, 0.01, key="learn_lr_noise")
+lr_rank = int(cols[0].number_input("Rank r", 1, 64, 8, persist_state="session", key="learn_lr_rank"))
+lr_noise = cols[1].slider("Noise level", 0.0, 0.5, 0.01, 0.01, persist_state="session", key="learn_lr_noise")
 low_rank_key = ("low_rank", lr_rank, lr_noise, device.type)
 if st.button("Run the low-rank demo", key="learn_lr_run", type="primary"):
     work = job_results.reporting(learn.low_rank_demo, 128, lr_rank, lr_noise, device=device)

@@ -40,3 +40,15 @@ def test_layer_and_density_persist_across_pages(app):
     app.switch_page("app.py").run()
     assert app.selectbox(key="home_builtin").value == "tiny-lm"
     assert "perplexity" in [m.label for m in app.metric]
+
+
+def test_a_pages_settings_are_kept_while_visiting_other_pages(app):
+    app.switch_page("pages/2_Factorize.py").run()
+    app.selectbox(key="fact_method").set_value("svd").run()
+    app.toggle(key="fact_quick").set_value(False).run()
+    app.radio(key="_target_source").set_value("Synthetic matrix").run()
+    app.switch_page("pages/5_Learn.py").run()
+    app.switch_page("pages/2_Factorize.py").run()
+    assert app.selectbox(key="fact_method").value == "svd"
+    assert app.toggle(key="fact_quick").value is False
+    assert app.radio(key="_target_source").value == "Synthetic matrix"
