@@ -1,10 +1,12 @@
 """DSF Explorer, Home: choose the model and the device, and see what the model holds."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
 from dsf_app import session
-from dsf_app.messages import plain_message
+from dsf_app.messages import or_stop, plain_message
 from dsf_core.models import BUILTIN_MODELS
 
 session.setup_page("Home")
@@ -27,7 +29,8 @@ SOURCES = {
 
 def load(make_choice) -> None:
     """Make the model ``make_choice()`` names the model of every page, if it loads; otherwise
-    say why and keep the current one."""
+    say why and keep the current one. A widget callback, so the whole page (and the sidebar)
+    is then drawn for the new model."""
     try:
         choice = make_choice()
         session.cached_bundle(choice)
@@ -36,6 +39,29 @@ def load(make_choice) -> None:
         return
     st.session_state.model_choice = choice
     st.session_state.layer = None
+
+
+def torchvision_choice() -> session.ModelChoice:
+    state = st.session_state
+    shape = session.parse_input_shape(state.home_tv_shape)
+    return session.ModelChoice(
+        "torchvision", state.home_tv_arch.strip(), state.home_tv_path.strip(), int(state.home_tv_classes) or None, shape
+    )
+
+
+def hf_choice() -> session.ModelChoice:
+    directory = Path(st.session_state.home_hf_path.strip()).expanduser()
+    if not directory.is_dir():  # a hub id would make this server download it
+        raise FileNotFoundError(f"No such directory on this server: '{directory}'.")
+    return session.ModelChoice("hf", path=str(directory))
+
+
+def upload_choice() -> session.ModelChoice:
+    state = st.session_state
+    upload = state.home_upload
+    shape = session.parse_input_shape(state.home_up_shape)
+    path = session.save_upload(upload.name, upload.getvalue())
+    return session.ModelChoice("checkpoint", state.home_up_arch.strip(), str(path), int(state.home_up_classes) or None, shape)
 
 
 left, right = st.columns([2, 1])
@@ -65,39 +91,30 @@ with left:
         path = st.text_input("Weights file on this server (a state dict: .pth, .pt or .safetensors)", persist_state="session", key="home_tv_path")
         classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, persist_state="session", key="home_tv_classes")
         shape = st.text_input("Input shape (channels, height, width)", "3, 224, 224", persist_state="session", key="home_tv_shape")
-        if st.button("Load", key="home_tv_load", disabled=not (arch and path)):
-            load(lambda: session.ModelChoice("torchvision", arch.strip(), path.strip(), int(classes) or None, session.parse_input_shape(shape)))
+        st.button("Load", key="home_tv_load", disabled=not (arch and path), on_click=load, args=(torchvision_choice,))
     elif source == "hf":
         path = st.text_input("Model directory on this server (config.json + .safetensors)", persist_state="session", key="home_hf_path")
-        if st.button("Load", key="home_hf_load", disabled=not path):
-            load(lambda: session.ModelChoice("hf", path=path.strip()))
+        st.button("Load", key="home_hf_load", disabled=not path, on_click=load, args=(hf_choice,))
     else:
         st.caption(
-            f"A TorchScript file, or a state dict of a torchvision architecture (loaded without "
-            f"unpickling code: `weights_only=True` or safetensors), at most {session.MAX_UPLOAD_MB} MB."
+            f"A state dict of a torchvision architecture (read without unpickling code: safetensors or "
+            f"`weights_only=True`), or a TorchScript file (compiled code that runs here: only load files you "
+            f"trust); at most {session.MAX_UPLOAD_MB} MB."
         )
         upload = st.file_uploader("Checkpoint", type=["pt", "pth", "safetensors"], key="home_upload")
         arch = st.text_input("torchvision architecture of a state dict (empty for TorchScript)", persist_state="session", key="home_up_arch")
         classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, persist_state="session", key="home_up_classes")
         shape = st.text_input("Input shape (channels, height, width)", "3, 224, 224", persist_state="session", key="home_up_shape")
-        if st.button("Load", key="home_up_load", disabled=upload is None):
-            load(
-                lambda: session.ModelChoice(
-                    "checkpoint",
-                    arch.strip(),
-                    str(session.save_upload(upload.name, upload.getvalue())),
-                    int(classes) or None,
-                    session.parse_input_shape(shape),
-                )
-            )
+        st.button("Load", key="home_up_load", disabled=upload is None, on_click=load, args=(upload_choice,))
 with right:
     options = [session.CPU, session.CUDA]
-    st.session_state.device = st.radio(
+    st.radio(
         "Device",
         options,
         index=options.index(st.session_state.device),
         format_func=lambda d: session.cuda_label() if d == session.CUDA else "CPU",
         key="home_device",
+        on_change=lambda: st.session_state.update(device=st.session_state.home_device),
     )
     session.warn_if_no_cuda()
 
@@ -106,7 +123,7 @@ choice = session.current_choice()
 st.subheader(choice.label)
 st.caption(f"{bundle.description or bundle.task} · weights from `{bundle.source}`")
 layers = session.layers(bundle)
-metrics = session.dense_metrics(choice)
+metrics = or_stop("evaluate the model", session.dense_metrics, choice)
 n_params = sum(p.numel() for p in bundle.model.parameters())
 cols = st.columns(4)
 cols[0].metric("Parameters", f"{n_params:,}")

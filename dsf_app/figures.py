@@ -26,16 +26,16 @@ def layout(fig: go.Figure, title: str, height: int = 360, **settings) -> go.Figu
     return fig
 
 
-def heatmap(matrix: torch.Tensor, title: str, *, symmetric: bool = True, zmax: float | None = None) -> go.Figure:
+def heatmap(matrix: torch.Tensor, title: str, *, zmax: float | None = None) -> go.Figure:
     """A signed heatmap (red-blue, centred on 0) of ``matrix``, downsampled if large."""
     small = downsample(matrix)
     limit = zmax if zmax is not None else float(small.abs().max()) or 1.0
     fig = go.Figure(
         go.Heatmap(
             z=small.numpy(),
-            colorscale="RdBu_r" if symmetric else "Viridis",
-            zmin=-limit if symmetric else None,
-            zmax=limit if symmetric else None,
+            colorscale="RdBu_r",
+            zmin=-limit,
+            zmax=limit,
         )
     )
     fig.update_yaxes(autorange="reversed", showticklabels=False)

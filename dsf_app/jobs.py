@@ -2,7 +2,7 @@
 
 A page starts a :class:`Job` with a function ``work(job)``; the function reports through
 ``job.report(...)`` and checks ``job.stopped``. While the job runs, :func:`show_running` redraws
-the page's progress view a few times a second (a Streamlit fragment) and reruns the page once the
+the page's progress view once a second (a Streamlit fragment) and reruns the page once the
 job is over, so the page then draws the result.
 """
 
@@ -32,7 +32,6 @@ class Job:
         self.result: Any = None
         self.error: str | None = None
         self.started = time.perf_counter()
-        self.seconds = 0.0
         self._stop = threading.Event()
         self._done = threading.Event()
         threads = torch.get_num_threads()
@@ -44,7 +43,6 @@ class Job:
             except Exception as exc:  # shown on the page, never as a traceback
                 self.error = plain_message(exc)
             finally:
-                self.seconds = time.perf_counter() - self.started
                 self._done.set()
 
         self._thread = threading.Thread(target=run, name=f"dsf-job {label}", daemon=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import streamlit as st
 
 # Exceptions that come from what the user chose or brought; anything else is a bug in the app.
@@ -20,18 +18,6 @@ def plain_message(exc: BaseException) -> str:
     if "CUDA out of memory" in text:
         text = "The GPU ran out of memory: try a smaller layer, a lower density, or the CPU."
     return text
-
-
-@contextmanager
-def shown_on_page(what: str):
-    """Run the block; if it fails, show ``Could not <what>: <reason>`` instead of a traceback.
-
-    The exception is swallowed so that the rest of the page still renders.
-    """
-    try:
-        yield
-    except (*USER_ERRORS, MemoryError) as exc:
-        st.error(f"Could not {what}: {plain_message(exc)}")
 
 
 def or_stop(what: str, function, *args, **kwargs):

@@ -3,6 +3,8 @@ cached loads of models, weights and calibration Grams."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ import torch
 from dsf_core.calibration import recording_inputs
 from dsf_core.examples import synthetic_matrix
 from dsf_core.layers import LayerInfo, list_layers, weight_matrix
-from dsf_core.models import BUILTIN_MODELS, ModelBundle, load_builtin
+from dsf_core.models import ModelBundle, load_builtin
 from dsf_core.models.loaders import load_checkpoint, load_hf, load_torchvision
 
 from .messages import or_stop, plain_message
@@ -51,8 +53,15 @@ class ModelChoice:
         return f"checkpoint: {Path(self.path).name}"
 
     @property
+    def replayable(self) -> bool:
+        """Whether ``python -m dsf_core`` can load this model from :attr:`spec` alone (a state dict
+        also needs its architecture, class count and weights file, which only Python takes)."""
+        return self.kind in ("builtin", "hf") or (self.kind == "checkpoint" and not self.name)
+
+    @property
     def spec(self) -> str:
-        """The model argument of ``python -m dsf_core`` for this choice."""
+        """The model argument of ``python -m dsf_core`` for this choice (see :attr:`replayable`);
+        also what a compressed checkpoint records as its base model."""
         if self.kind == "builtin":
             return self.name
         if self.kind == "torchvision":
@@ -100,35 +109,45 @@ def calibration_gram(choice: ModelChoice, layer_name: str, n_samples: int = CALI
     """The layer's undamped input Gram ``X^T X / rows`` over ``n_samples`` calibration samples of
     the dense model (one layer at a time: all of a large model's Grams would not fit in memory)."""
     bundle = cached_bundle(choice)
-    with torch.no_grad(), recording_inputs(bundle.model, [layer_name]) as accumulators:
+    model = copy.deepcopy(bundle.model)  # hooks on the shared model would see other sessions' inputs
+    with torch.no_grad(), recording_inputs(model, [layer_name]) as accumulators:
         for batch in bundle.calibration_inputs(n_samples):
-            bundle.forward(bundle.model, batch)
+            bundle.forward(model, batch)
     accumulator = accumulators[layer_name]
     if accumulator.rows == 0:
         raise ValueError(f"the calibration inputs never reach layer {layer_name}")
     return accumulator.gram(0.0)
 
 
+MAX_INPUT_VALUES = 3 * 1024 * 1024  # an input image of at most 3 x 1024 x 1024 values
+
+
 def parse_input_shape(text: str) -> tuple[int, int, int]:
-    """``"3, 224, 224"`` -> ``(3, 224, 224)``; a plain-words ValueError otherwise."""
+    """``"3, 224, 224"`` -> ``(3, 224, 224)``; a plain-words ValueError otherwise (also for inputs
+    so large that calibration batches would exhaust the server's memory)."""
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
         shape = ()
-    if len(shape) != 3 or min(shape) < 1 or max(shape) > 4096:
+    if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"The input shape must be three positive numbers 'channels, height, width'. Got {text!r}.")
+    if shape[0] * shape[1] * shape[2] > MAX_INPUT_VALUES:
+        raise ValueError(f"The input shape {text!r} is too large: at most {MAX_INPUT_VALUES:,} values (3 x 1024 x 1024).")
     return shape
 
 
 def save_upload(name: str, data: bytes) -> Path:
-    """Write an uploaded file to this server's temporary folder (bounded by ``MAX_UPLOAD_MB``)."""
+    """Write an uploaded file to this server's temporary folder (bounded by ``MAX_UPLOAD_MB``), in a
+    folder named by its content, so that the same upload is written once."""
     if len(data) > MAX_UPLOAD_MB << 20:
         raise ValueError(f"'{name}' is {len(data) / 2**20:.0f} MB; uploads are limited to {MAX_UPLOAD_MB} MB.")
     if not data:
         raise ValueError(f"'{name}' is empty.")
-    folder = Path(tempfile.mkdtemp(prefix="dsf-upload-"))
-    path = folder / Path(name).name
-    path.write_bytes(data)
+    folder = Path(tempfile.gettempdir()) / f"dsf-upload-{hashlib.sha256(data).hexdigest()[:16]}"
+    folder.mkdir(exist_ok=True)
+    path = folder / Path(name).name  # the same file uploaded again is the same path: a cache hit
+    if not path.is_file():
+        path.write_bytes(data)
     return path
 
 
@@ -213,12 +232,14 @@ def choose_layer(bundle: ModelBundle, where=st.sidebar) -> LayerInfo:
     names = [layer.name for layer in found]
     if st.session_state.layer not in names:
         st.session_state.layer = max(found, key=lambda layer: layer.shape[0] * layer.shape[1]).name
+    if st.session_state.get("_layer_picker") not in names:  # first draw, or another model
+        st.session_state["_layer_picker"] = st.session_state.layer
     picked = where.selectbox(
         "Layer",
         names,
-        index=names.index(st.session_state.layer),
         format_func=lambda n: f"{n}  ({'x'.join(map(str, found[names.index(n)].shape))})",
         key="_layer_picker",
+        persist_state="session",
     )
     st.session_state.layer = picked
     return found[names.index(picked)]
@@ -226,7 +247,8 @@ def choose_layer(bundle: ModelBundle, where=st.sidebar) -> LayerInfo:
 
 def choose_density(where=st.sidebar, label: str = "Density (kept fraction of the weights)") -> float:
     """The density slider whose value is shared by all pages."""
-    value = where.slider(label, 0.01, 1.0, float(st.session_state.density), 0.01, key="_density_slider")
+    st.session_state.setdefault("_density_slider", float(st.session_state.density))
+    value = where.slider(label, 0.01, 1.0, step=0.01, key="_density_slider", persist_state="session")
     st.session_state.density = value
     return value
 
@@ -287,5 +309,3 @@ def layer_kernel(bundle: ModelBundle, name: str) -> torch.Tensor:
         return layer_weight(bundle, name)
     return weight.float().clone()
 
-
-BUILTIN_NAMES = list(BUILTIN_MODELS)

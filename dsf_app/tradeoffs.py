@@ -24,7 +24,6 @@ from dsf_core.stats import dense_file_bytes, stored_values
 from . import figures, method_settings
 from .comparison import BELOW_MINIMUM, why_not
 from .jobs import Report
-from .messages import USER_ERRORS
 
 MAX_RUNS = 12  # runs kept per model; older ones (and their checkpoint files) are dropped
 CLI_OUT = "compressed.safetensors"
@@ -123,15 +122,15 @@ def compress(bundle: ModelBundle, settings: Settings, model_spec: str, folder: s
             sequential=settings.sequential, evaluate=False, callback=callback,
             **method_settings.options(settings.method, settings.quick),
         )
-    except (*USER_ERRORS, MemoryError) as exc:
+        metrics = {k: float(v) for k, v in bundle.evaluate(result.model).items()}
+        handle, path = tempfile.mkstemp(suffix=".safetensors", dir=folder)
+        os.close(handle)
+        file_bytes = save_compressed(path, result, model_spec)
+    except Exception as exc:  # one failed run is reported in words; a sweep goes on with the next
         reason = why_not(exc)
         if reason.startswith(BELOW_MINIMUM) and len(done) < len(chosen):  # a budget is per layer
             reason = f"layer {chosen[len(done)].name}: {reason}"
         raise RunFailed(f"{settings.label}, {reason}") from exc
-    metrics = {k: float(v) for k, v in bundle.evaluate(result.model).items()}
-    handle, path = tempfile.mkstemp(suffix=".safetensors", dir=folder)
-    os.close(handle)
-    file_bytes = save_compressed(path, result, model_spec)
     return Run(
         settings, metrics, metrics[bundle.metric_name], stored_values(result.model), file_bytes,
         list(result.layers), len(chosen), result.seconds, path,

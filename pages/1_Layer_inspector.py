@@ -84,7 +84,9 @@ def show_singular_values(s: torch.Tensor) -> None:
             f"{layer_stats.rank_for_energy(s, 0.9)}, 99% in the top {layer_stats.rank_for_energy(s, 0.99)}."
         )
     start_k = max(1, min(layer_stats.svd_rank((m, n), density), s.numel()))
-    k = st.slider("k (top singular values)", 1, s.numel(), start_k, persist_state="session", key=f"insp_k_{m}x{n}")
+    k = 1  # a matrix with one row or column has a single singular value: nothing to slide
+    if s.numel() > 1:
+        k = st.slider("k (top singular values)", 1, s.numel(), start_k, persist_state="session", key=f"insp_k_{m}x{n}")
     cols = st.columns(2)
     cols[0].metric(f"Energy in the top {k}", f"{layer_stats.energy(s, k):.2%}")
     cols[1].metric(f"Best rank-{k} relative error", f"{layer_stats.eckart_young_error(s, k):.4f}")
@@ -109,8 +111,8 @@ def show_gram(spectra: layer_stats.Spectra) -> None:
     st.plotly_chart(figure, key="insp_gram", width="stretch")
     st.caption(
         f"From {target.gram_source}. Directions with tiny eigenvalues are inputs the layer barely "
-        "sees: activation-aware methods may approximate W badly there at no cost. A rank-deficient "
-        "G is damped (1% of its mean diagonal) before use."
+        "sees: activation-aware methods may approximate W badly there at no cost. For the fit, G is "
+        "damped by 1% of its mean diagonal, so that a rank-deficient G stays invertible."
     )
 
 

@@ -120,7 +120,8 @@ def draw_metrics(outcome: fr.Outcome) -> None:
         first[1].metric("Output error", f"{outcome.output_error:.4g}", help=help_text)
     share = f"{result.n_params / dense['n_params']:.1%} of dense"
     first[2].metric("Parameters", f"{result.n_params:,}", share, delta_color="off", delta_arrow="off")
-    first[3].metric("Bytes (CSR)", f"{result.n_bytes:,}", f"dense: {dense['n_bytes']:,}", delta_color="off", delta_arrow="off")
+    first[3].metric("Bytes", f"{result.n_bytes:,}", f"dense: {dense['n_bytes']:,}", delta_color="off", delta_arrow="off",
+                    help="Sparse factors as CSR (values, int32 column indices, row pointers), dense ones as values.")
     second = st.columns(4)
     second[0].metric("FLOPs per input row", f"{result.flops:,}", f"dense: {dense['flops']:,}", delta_color="off", delta_arrow="off")
     second[1].metric("Seconds", f"{result.seconds:.3f}")

@@ -5,6 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from dsf_app import job_results, jobs, method_settings, session, tradeoffs
+from dsf_app.messages import or_stop
 from dsf_core import METHODS
 
 session.setup_page("Trade-offs")
@@ -33,7 +34,7 @@ picked = right.multiselect(
     "Layers", names, default=names, persist_state="session", key="trade_layers", format_func=lambda n: f"{n} ({shapes[n]})"
 )
 calibration = int(left.number_input(
-    "Calibration samples (0: data-free)", 0, 4096, session.CALIBRATION_SAMPLES, 16, persist_state="session", key="trade_calibration"
+    "Calibration samples (0: data-free)", 0, 512, session.CALIBRATION_SAMPLES, 16, persist_state="session", key="trade_calibration"
 ))
 reads_gram = calibration > 0 and method_settings.reads_gram(method)
 sequential = right.checkbox(
@@ -48,8 +49,16 @@ if not reads_gram:
     st.caption(f"{method} works data-free here: {why}")
 chosen_layers = tuple(picked) if len(picked) < len(names) else ()
 settings = tradeoffs.Settings(method, density, chosen_layers, calibration, sequential, quick)
-st.caption("The same run from a terminal (it prints each layer's error and writes the checkpoint):")
-st.code(tradeoffs.cli_command(settings, choice.spec), language="bash", wrap_lines=True)
+NOT_REPLAYABLE = (
+    "The command line takes built-in models, Hugging Face directories and TorchScript files; this model "
+    "(a state dict with its architecture) loads from Python: `dsf_core.models.loaders.load_torchvision`, "
+    "then `dsf_core.compress.compress_model`."
+)
+if choice.replayable:
+    st.caption("The same run from a terminal (it prints each layer's error and writes the checkpoint):")
+    st.code(tradeoffs.cli_command(settings, choice.spec), language="bash", wrap_lines=True)
+else:
+    st.caption(NOT_REPLAYABLE)
 
 
 def show_progress(job):
@@ -110,7 +119,8 @@ if not runs:
 references = st.session_state.setdefault("trade_dense", {})
 dense = job_results.recall(references, choice)
 if dense is None:
-    dense = tradeoffs.dense_reference(bundle, session.dense_metrics(choice)[bundle.metric_name])
+    metric = or_stop("evaluate the dense model", session.dense_metrics, choice)[bundle.metric_name]
+    dense = tradeoffs.dense_reference(bundle, metric)
     job_results.remember(references, choice, dense, limit=4)
 
 st.subheader("Runs")
@@ -142,8 +152,11 @@ st.download_button(
     file_name=tradeoffs.download_name(run, choice.label), mime="application/octet-stream",
     key="trade_download", icon=":material/download:",
 )
-st.caption("Load it with `dsf_core.checkpoint.load_compressed(path, base_model)`, or evaluate it from a terminal:")
-st.code(
-    f"{tradeoffs.cli_command(run.settings, choice.spec)}\npython -m dsf_core evaluate {tradeoffs.CLI_OUT}",
-    language="bash", wrap_lines=True,
-)
+if choice.replayable:
+    st.caption("Load it with `dsf_core.checkpoint.load_compressed(path, base_model)`, or evaluate it from a terminal:")
+    st.code(
+        f"{tradeoffs.cli_command(run.settings, choice.spec)}\npython -m dsf_core evaluate {tradeoffs.CLI_OUT}",
+        language="bash", wrap_lines=True,
+    )
+else:
+    st.caption("Load it with `dsf_core.checkpoint.load_compressed(path, base_model)`. " + NOT_REPLAYABLE)

@@ -99,6 +99,7 @@ def test_upload_torchvision_state_dict():
         ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "resnet18", "3, 32, 32", "Could not load the model"),
         ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "not_a_net", "3, 32, 32", "not a torchvision model"),
         ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "", "3, 32", "three positive numbers"),
+        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "", "3, 4096, 4096", "too large"),
     ],
 )
 def test_bad_uploads_are_plain_messages_and_the_model_stays(name, data, arch, shape, message):
@@ -126,6 +127,9 @@ def test_missing_files_and_directories(tmp_path):
     at.text_input(key="home_hf_path").set_value(str(tmp_path)).run()
     at.button(key="home_hf_load").click().run()
     assert not at.exception and "config.json" in at.error[0].value
+    at.text_input(key="home_hf_path").set_value("gpt2").run()  # a hub id: never downloaded by the server
+    at.button(key="home_hf_load").click().run()
+    assert "No such directory on this server" in at.error[0].value
     assert at.session_state.model_choice.name == "digits-cnn"
 
 
@@ -136,3 +140,9 @@ def test_the_cached_model_is_not_modified():
     at.run()
     after = bundle.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_same_upload_is_stored_once():
+    first = session.save_upload("a.pt", b"same bytes")
+    assert session.save_upload("a.pt", b"same bytes") == first and first.read_bytes() == b"same bytes"
+    assert session.save_upload("a.pt", b"other bytes") != first

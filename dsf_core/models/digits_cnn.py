@@ -93,8 +93,9 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
     data file (``load_digits`` reads the same file, but importing ``sklearn.datasets`` costs half
     a second of every app start); through ``load_digits`` if that file is not where it was."""
     package = importlib.util.find_spec("sklearn")
-    file = Path(package.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
-    if not file.is_file():
+    folder = Path(package.submodule_search_locations[0]) if package else Path()
+    file = folder / "datasets" / "data" / "digits.csv.gz"
+    if package is None or not file.is_file():
         from sklearn.datasets import load_digits
 
         digits = load_digits()
