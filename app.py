@@ -44,16 +44,16 @@ def load(make_choice) -> None:
 def torchvision_choice() -> session.ModelChoice:
     state = st.session_state
     shape = session.parse_input_shape(state.home_tv_shape)
-    return session.ModelChoice(
-        "torchvision", state.home_tv_arch.strip(), state.home_tv_path.strip(), int(state.home_tv_classes) or None, shape
-    )
+    path = state.home_tv_path.strip()
+    classes = int(state.home_tv_classes) or None
+    return session.ModelChoice("torchvision", state.home_tv_arch.strip(), path, classes, shape, session.file_version(path))
 
 
 def hf_choice() -> session.ModelChoice:
     directory = Path(st.session_state.home_hf_path.strip()).expanduser()
     if not directory.is_dir():  # a hub id would make this server download it
         raise FileNotFoundError(f"No such directory on this server: '{directory}'.")
-    return session.ModelChoice("hf", path=str(directory))
+    return session.ModelChoice("hf", path=str(directory), version=session.file_version(str(directory)))
 
 
 def upload_choice() -> session.ModelChoice:

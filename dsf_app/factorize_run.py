@@ -11,7 +11,7 @@ import torch
 import dsf_core
 from dsf_core import METHODS, Factorization, Option
 
-from . import layer_stats, method_settings
+from . import job_results, layer_stats, method_settings
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -71,6 +71,20 @@ class Outcome:
     @property
     def steps(self) -> int:
         return len(self.result.history)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes its tensors hold: what keeping it in the session's cache costs."""
+        tensors = [*self.result.factors, self.approximation, self.singular_values, self.original_values]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+CACHE_BYTES = 1 << 30  # the Factorize page keeps at most about 1 GiB of results per session
+
+
+def cache_limit(outcome: Outcome) -> int:
+    """How many results like ``outcome`` the page's cache may keep (at least the newest)."""
+    return max(1, min(job_results.LIMIT, CACHE_BYTES // max(outcome.memory_bytes, 1)))
 
 
 def summarize(result: Factorization, matrix: torch.Tensor, gram: torch.Tensor | None) -> Outcome:

@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch
 
+from dsf_core.plan import budget
+
 # A page waits this long for the spectra before it shows them as a job with progress and Stop.
 INLINE_WAIT_SECONDS = 1.5
 
@@ -101,12 +103,6 @@ def numerical_rank(values: torch.Tensor, size: int, dtype: torch.dtype = torch.f
     if values.numel() == 0:
         return 0
     return int((values > size * torch.finfo(dtype).eps * float(values.max())).sum())
-
-
-def budget(shape: tuple[int, int], density: float) -> int:
-    """Stored parameters that ``density`` allows an ``m x n`` matrix, rounded as ``factorize`` does."""
-    m, n = shape
-    return int(density * m * n + 1e-9)
 
 
 def svd_rank(shape: tuple[int, int], density: float) -> int:

@@ -41,6 +41,7 @@ class ModelChoice:
     path: str = ""
     num_classes: int | None = None
     input_shape: tuple[int, int, int] = (3, 224, 224)  # classifier inputs (channels, height, width)
+    version: int = 0  # the file's (or directory's newest file's) modification time: a changed file reloads
 
     @property
     def label(self) -> str:
@@ -120,6 +121,13 @@ def calibration_gram(choice: ModelChoice, layer_name: str, n_samples: int = CALI
 
 
 MAX_INPUT_VALUES = 3 * 1024 * 1024  # an input image of at most 3 x 1024 x 1024 values
+
+
+def file_version(path: str) -> int:
+    """Modification time (ns) of a file, or of the newest file in a directory; 0 if missing."""
+    where = Path(path).expanduser()
+    files = [f for f in where.iterdir() if f.is_file()] if where.is_dir() else [where]
+    return max((f.stat().st_mtime_ns for f in files if f.exists()), default=0)
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:

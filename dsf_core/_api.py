@@ -8,6 +8,7 @@ import warnings
 
 import torch
 
+from . import plan
 from ._registry import get_method
 from ._result import Factorization
 from ._validation import (
@@ -65,7 +66,7 @@ def factorize(
     if work_gram is not None:
         work_gram /= _power_of_two_near(float(work_gram.diagonal().max()))
     m, n = work.shape
-    budget = int(density * m * n + 1e-9)
+    budget = plan.budget((m, n), density)
     if budget < 1:
         raise ValueError(
             f"density {density} of a {m} x {n} matrix leaves a budget of 0 parameters; "

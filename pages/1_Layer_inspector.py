@@ -7,7 +7,7 @@ import torch
 
 from dsf_app import figures, job_results, jobs, layer_stats, session
 from dsf_core import METHODS
-from dsf_core.plan import budget_plan
+from dsf_core.plan import budget, budget_plan
 
 SPECTRA_JOB = "insp_spectra_job"
 
@@ -126,7 +126,7 @@ def show_plan(spectra: layer_stats.Spectra | None) -> None:
     st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch", key="insp_plan")
     rank = layer_stats.svd_rank((m, n), density)
     summary = (
-        f"Budget: {density:.2f} x {m} x {n} = {layer_stats.budget((m, n), density):,} stored parameters; "
+        f"Budget: {density:.2f} x {m} x {n} = {budget((m, n), density):,} stored parameters; "
         "each method with its default options."
     )
     if spectra is not None and rank > 0:

@@ -8,6 +8,7 @@ from dsf_app import figures, job_results, jobs, layer_stats, method_settings, se
 from dsf_app.figures import downsample
 from dsf_app.messages import plain_message
 from dsf_core import METHODS
+from dsf_core.plan import budget
 
 JOB = "fact_job"
 RESULTS = "fact_results"  # the bounded cache of outcomes (job_results), keyed by fr.run_key
@@ -24,7 +25,7 @@ device = session.device()
 m, n = target.matrix.shape
 st.caption(
     f"Approximate **{target.label}** within {density:.0%} of its {m * n:,} parameters "
-    f"({layer_stats.budget((m, n), density):,} stored numbers). Matrix and density are chosen in the sidebar."
+    f"({budget((m, n), density):,} stored numbers). Matrix and density are chosen in the sidebar."
 )
 
 
@@ -105,7 +106,7 @@ def collect_finished_job(cache: dict) -> None:
     if job.error is not None:
         st.session_state.fact_failed = (key, job.error)
     else:
-        job_results.remember(cache, key, job.result)
+        job_results.remember(cache, key, job.result, limit=fr.cache_limit(job.result))
 
 
 def draw_metrics(outcome: fr.Outcome) -> None:

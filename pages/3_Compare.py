@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from dsf_app import comparison, job_results, jobs, layer_stats, session
+from dsf_app import comparison, job_results, jobs, session
 from dsf_core import METHODS
+from dsf_core.plan import budget
 
 session.setup_page("Compare")
 bundle = session.current_bundle()
@@ -14,7 +15,7 @@ device = session.device()
 st.title("Compare methods at equal budget")
 st.caption(
     f"Every method on **{target.label}** with the same budget of stored parameters "
-    f"(density {density:.2f}: {layer_stats.budget(target.matrix.shape, density):,} parameters). "
+    f"(density {density:.2f}: {budget(target.matrix.shape, density):,} parameters). "
     f"Device: **{device.type}**."
 )
 session.warn_if_no_cuda()

@@ -146,3 +146,15 @@ def test_the_same_upload_is_stored_once():
     first = session.save_upload("a.pt", b"same bytes")
     assert session.save_upload("a.pt", b"same bytes") == first and first.read_bytes() == b"same bytes"
     assert session.save_upload("a.pt", b"other bytes") != first
+
+
+def test_a_changed_weights_file_is_read_again(tmp_path):
+    tv = import_torchvision()
+    path = tmp_path / "net.pth"
+    torch.save(tv.models.mobilenet_v3_small(num_classes=3).state_dict(), path)
+    before = session.file_version(str(path))
+    torch.manual_seed(1)
+    torch.save(tv.models.mobilenet_v3_small(num_classes=3).state_dict(), path)
+    assert session.file_version(str(path)) > before  # a new cache key, so the new weights load
+    assert session.file_version(str(tmp_path)) == session.file_version(str(path))
+    assert session.file_version(str(tmp_path / "missing")) == 0

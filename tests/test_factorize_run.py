@@ -167,3 +167,17 @@ def test_factor_labels_and_tt_core_unfolding(weight_and_gram):
     core = torch.arange(2 * 3 * 4 * 5.0).reshape(2, 3, 4, 5)
     unfolded = fr.core_matrix(core)
     assert unfolded.shape == (6, 20) and unfolded[4, 7] == core[1, 1, 1, 2]
+
+
+def test_the_cache_keeps_fewer_large_results(monkeypatch):
+    W = torch.randn(64, 48, generator=torch.Generator().manual_seed(0))
+    outcome = fr.run(W, W, None, "svd", {}, density=0.5, aware=False, device=None)
+    assert outcome.memory_bytes == sum(
+        t.numel() * t.element_size()
+        for t in (*outcome.result.factors, outcome.approximation, outcome.singular_values, outcome.original_values)
+    )
+    assert fr.cache_limit(outcome) == 16  # small: the usual bound
+    monkeypatch.setattr(fr, "CACHE_BYTES", 3 * outcome.memory_bytes)
+    assert fr.cache_limit(outcome) == 3
+    monkeypatch.setattr(fr, "CACHE_BYTES", 1)
+    assert fr.cache_limit(outcome) == 1  # the newest is always kept
