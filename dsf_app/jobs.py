@@ -28,7 +28,7 @@ class Job:
     def __init__(self, work: Callable[["Job"], Any], label: str = ""):
         self.label = label
         self.progress: list = []  # whatever the work reports, in order
-        self.fraction = 0.0  # 0..1, for a progress bar
+        self.fraction: float | None = None  # 0..1 once the work says how far it is
         self.result: Any = None
         self.error: str | None = None
         self.started = time.perf_counter()
@@ -98,7 +98,11 @@ def show_running(key: str, draw_progress: Callable[[Job], None]) -> bool:
         if not job.running:
             st.rerun()  # the whole page, which now draws the result
         elapsed = time.perf_counter() - job.started
-        st.progress(job.fraction, text=f"{job.label}: running for {elapsed:.1f} s")
+        text = f"{job.label}: running for {elapsed:.0f} s"
+        if job.fraction is None:  # the work does not know how far it is: no bar that would sit at 0%
+            st.caption(f":material/hourglass_top: {text}")
+        else:
+            st.progress(job.fraction, text=text)
         if job.stopped:
             st.info("Stopping at the next step...")
         elif st.button("Stop", key=f"{key}_stop", type="secondary", icon=":material/stop:"):

@@ -287,8 +287,8 @@ def choose_target(bundle: ModelBundle) -> Target:
     ``m x n`` matrix (rank 32 plus noise, with a Gram of unequal input scales)."""
     source = st.sidebar.radio("Matrix", ["Model layer", SYNTHETIC], persist_state="session", key="_target_source", horizontal=True)
     if source == SYNTHETIC:
-        m = int(st.sidebar.number_input("Rows m", 2, 4096, 512, persist_state="session", key="_synthetic_m"))
-        n = int(st.sidebar.number_input("Columns n", 2, 4096, 512, persist_state="session", key="_synthetic_n"))
+        m = int(st.sidebar.number_input("Rows m", 2, 2048, 512, persist_state="session", key="_synthetic_m"))
+        n = int(st.sidebar.number_input("Columns n", 2, 2048, 512, persist_state="session", key="_synthetic_n"))
         W, G = cached_synthetic(m, n)
         return Target(f"synthetic {m} x {n}", ("synthetic", m, n), W, W, G, f"synthetic inputs ({4 * n} rows)")
     layer = choose_layer(bundle)
