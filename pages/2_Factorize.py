@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dsf_app import factorize_run as fr
-from dsf_app import figures, job_results, jobs, layer_stats, method_settings, session
+from dsf_app import figures, job_results, jobs, method_settings, session
 from dsf_app.figures import downsample
 from dsf_app.messages import plain_message
 from dsf_core import METHODS

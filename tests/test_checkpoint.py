@@ -1,6 +1,5 @@
 """Compressed checkpoints: really smaller, reload to the same outputs, refuse bad files."""
 
-import json
 
 import pytest
 import torch
