@@ -1,6 +1,5 @@
 """Compressed checkpoints: really smaller, reload to the same outputs, refuse bad files."""
 
-
 import pytest
 import torch
 from safetensors.torch import save_file
