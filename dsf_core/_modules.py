@@ -3,6 +3,7 @@ never forming ``W_hat``. Sparse factors are stored as CSR tensors."""
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -51,6 +52,17 @@ class FactorizedLinear(nn.Module):
     @property
     def factors(self) -> list[torch.Tensor]:
         return [getattr(self, f"factor_{i}") for i in range(self.n_factors)]
+
+    def __deepcopy__(self, memo):
+        """A copy (``copy.deepcopy`` cannot copy CSR tensors' storage; ``clone`` can), so that a
+        model holding compressed layers can be copied, e.g. to be compressed further."""
+        twin = type(self).__new__(type(self))
+        memo[id(self)] = twin
+        for key, value in self.__dict__.items():  # what deepcopy does, with the buffers cloned
+            if key == "_buffers":
+                value = {name: None if b is None else b.clone() for name, b in value.items()}
+            twin.__dict__[key] = value if key == "_buffers" else copy.deepcopy(value, memo)
+        return twin
 
     def flops_per_row(self) -> int:
         """Multiply-adds times two for one input row (one token or one conv patch)."""

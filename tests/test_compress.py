@@ -1,6 +1,7 @@
 """Layers, calibration Grams and whole-model compression on small models the tests build."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -118,3 +119,16 @@ def test_callback_reports_progress_and_can_stop():
     result = compress_model(cnn_bundle(), "svd", 0.5, evaluate=False,
                             callback=lambda done, total, report: seen.append((done, total, report.name)) or done < 2)
     assert seen == [(1, 4, "conv1"), (2, 4, "conv2")] and len(result.layers) == 2
+
+
+def test_a_compressed_model_can_be_copied_and_compressed_again():
+    bundle = cnn_bundle()
+    first = compress_model(bundle, "dsf", 0.6, layers="fc1", calibration=0, evaluate=False)
+    twin = copy.deepcopy(first.model)  # CSR buffers: plain deepcopy cannot copy their storage
+    x = bundle.calibration_inputs(4)[0]
+    torch.testing.assert_close(twin(x), first.model(x))
+    assert twin.fc1.factor_0 is not first.model.fc1.factor_0
+    twin.fc1.bias.data.add_(1.0)  # the copy owns its tensors
+    assert not torch.equal(twin.fc1.bias, first.model.fc1.bias)
+    again = compress_model(dataclasses.replace(bundle, model=first.model), "magnitude", 0.5, layers="fc2", calibration=0)
+    assert {layer.name for layer in again.layers} == {"fc2"} and again.compressed_metric is not None
