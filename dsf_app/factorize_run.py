@@ -10,6 +10,7 @@ import torch
 
 import dsf_core
 from dsf_core import METHODS, Factorization, Option
+from dsf_core.plan import automatic_options
 
 from . import job_results, layer_stats, method_settings
 
@@ -17,8 +18,17 @@ from . import job_results, layer_stats, method_settings
 # --- options -----------------------------------------------------------------------------------
 
 
+def automatic_values(method: str, shape: tuple[int, int], density: float) -> dict:
+    """What ``method`` picks itself here for its automatic options (``{}`` when the budget is below
+    its minimum): the value to offer when the user switches one off "auto"."""
+    try:
+        return automatic_options(method, shape, density)
+    except ValueError:
+        return {}
+
+
 def start_value(option: Option):
-    """A value to offer when the user switches an option off "auto" (its default is None)."""
+    """A value to offer for an automatic option when the method's own pick is unknown."""
     if option.kind is float and option.low is not None and option.high is not None:
         return (option.low + option.high) / 2
     if option.low is None:

@@ -11,6 +11,36 @@ def budget(shape: tuple[int, int], density: float) -> int:
     return int(density * m * n + 1e-9)
 
 
+def automatic_options(method: str, shape: tuple[int, int], density: float) -> dict:
+    """The values ``method`` picks itself, with its other options at their defaults, for the
+    options whose default is automatic (``None``), e.g. ``{"rank": 12}`` for ``"svd"``.
+    Raises ``ValueError`` when the budget is below the method's minimum."""
+    m, n = shape
+    allowed = budget((m, n), density)
+    r = min(m, n)
+    if method == "dsf":
+        small, _ = dsf._split_budget(allowed, m, n, r, None)
+        return {"inner_dim": r, "split": small / allowed}
+    if method in ("palm4msa", "hierarchical"):
+        shapes = palm4msa._factor_shapes(m, n, r, 2)
+        return {"k": palm4msa._choose_k(shapes, "splincol", None, None, budget=allowed, method=method, weight_shape=(m, n))}
+    if method == "svd":
+        return {"rank": svd._choose_rank(allowed, m, n, None)}
+    if method == "tt":
+        return {"ranks": tt._choose_rank(_tt_sizes(m, n), allowed, None, (m, n))}
+    return {}
+
+
+def _tt_modes(m: int, n: int) -> tuple[list[int], list[int]]:
+    """The mode sizes tt's defaults factor ``m`` and ``n`` into."""
+    return sorted(tt._balanced_factors(m, tt._DEFAULT_CORES)), sorted(tt._balanced_factors(n, tt._DEFAULT_CORES), reverse=True)
+
+
+def _tt_sizes(m: int, n: int) -> list[int]:
+    m_modes, n_modes = _tt_modes(m, n)
+    return [a * b for a, b in zip(m_modes, n_modes)]
+
+
 def budget_plan(shape: tuple[int, int], density: float) -> dict[str, str]:
     """For each method, a short description of the sizes its defaults choose for an ``m x n``
     matrix at ``density`` (e.g. ``"rank 12"``), or why the budget is below its minimum."""
@@ -20,36 +50,24 @@ def budget_plan(shape: tuple[int, int], density: float) -> dict[str, str]:
     if allowed < 1:
         reason = f"not possible: density {density} of a {m} x {n} matrix leaves a budget of 0 parameters"
         return {name: reason for name in ("dsf", "palm4msa", "hierarchical", "svd", "tt", "magnitude", "wanda")}
+    describe = {
+        "dsf": lambda auto: _dsf_text(m, n, auto["inner_dim"], *dsf._split_budget(allowed, m, n, auto["inner_dim"], None)),
+        "palm4msa": lambda auto: f"2 factors ({m}x{r}, {r}x{n}), k = {auto['k']} nonzeros per row and column",
+        "svd": lambda auto: f"rank {auto['rank']} of {r}",
+        "tt": lambda auto: "modes {} x {}, TT rank up to {}".format(*map(tuple, _tt_modes(m, n)), auto["ranks"]),
+    }
+    describe["hierarchical"] = describe["palm4msa"]
     plans = {}
-
-    def plan(name, describe):
+    for method in ("dsf", "palm4msa", "hierarchical", "svd", "tt"):
         try:
-            plans[name] = describe()
+            plans[method] = describe[method](automatic_options(method, (m, n), density))
         except ValueError as exc:
-            plans[name] = f"not possible: {exc}"
-
-    def dsf_plan():
-        small, large = dsf._split_budget(allowed, m, n, r, None)
-        a, b = (small, large) if m <= n else (large, small)
-        return f"A {m}x{r} with {a:,} nonzeros ({a / (m * r):.1%}), B {r}x{n} with {b:,} ({b / (r * n):.1%})"
-
-    def palm_plan(method):
-        shapes = palm4msa._factor_shapes(m, n, r, 2)
-        k = palm4msa._choose_k(shapes, "splincol", None, None, budget=allowed, method=method, weight_shape=(m, n))
-        return f"2 factors ({m}x{r}, {r}x{n}), k = {k} nonzeros per row and column"
-
-    def tt_plan():
-        m_modes = sorted(tt._balanced_factors(m, tt._DEFAULT_CORES))
-        n_modes = sorted(tt._balanced_factors(n, tt._DEFAULT_CORES), reverse=True)
-        sizes = [a * b for a, b in zip(m_modes, n_modes)]
-        rank = tt._choose_rank(sizes, allowed, None, (m, n))
-        return f"modes {tuple(m_modes)} x {tuple(n_modes)}, TT rank up to {rank}"
-
-    plan("dsf", dsf_plan)
-    plan("palm4msa", lambda: palm_plan("palm4msa"))
-    plan("hierarchical", lambda: palm_plan("hierarchical"))
-    plan("svd", lambda: f"rank {svd._choose_rank(allowed, m, n, None)} of {r}")
-    plan("tt", tt_plan)
+            plans[method] = f"not possible: {exc}"
     plans["magnitude"] = f"the {allowed:,} largest |W_ij| of {m * n:,}"
     plans["wanda"] = f"{allowed / m:.1f} weights per output row on average (of {n:,}), scored by |W_ij| * ||x_j||"
     return plans
+
+
+def _dsf_text(m: int, n: int, r: int, small: int, large: int) -> str:
+    a, b = (small, large) if m <= n else (large, small)
+    return f"A {m}x{r} with {a:,} nonzeros ({a / (m * r):.1%}), B {r}x{n} with {b:,} ({b / (r * n):.1%})"

@@ -29,15 +29,15 @@ st.caption(
 )
 
 
-def option_widget(key: str, name: str, option, value):
+def option_widget(key: str, name: str, option, value, automatic=None):
     """One widget for a method option: a selectbox for choices, else a number input (behind an
-    "auto" checkbox when the default is the method's own choice)."""
+    "auto" checkbox when the default is the method's own choice, ``automatic`` here)."""
     if option.choices is not None:
         return st.selectbox(name, option.choices, index=option.choices.index(value), persist_state="session", key=key, help=option.help)
     if value is None:
         if st.checkbox(f"{name}: auto", value=True, persist_state="session", key=f"{key}_auto", help=option.help):
             return None
-        value = fr.start_value(option)
+        value = fr.start_value(option) if automatic is None else automatic
     kind = option.kind
     return st.number_input(
         name,
@@ -58,12 +58,14 @@ def option_widgets(method: str, quick: bool) -> dict:
         st.caption(f"{method} has no options: the density alone decides what it keeps.")
         return {}
     base = fr.resolve_options(method, method_settings.options(method, quick))
+    automatic = fr.automatic_values(method, (m, n), density)
     mode = "quick" if quick else "full"
     columns = st.columns(3)
     values = {}
     for i, (name, option) in enumerate(spec.options.items()):
         with columns[i % 3]:
-            values[name] = option_widget(f"fact_opt_{method}_{mode}_{name}", name, option, base[name])
+            key = f"fact_opt_{method}_{mode}_{name}"
+            values[name] = option_widget(key, name, option, base[name], automatic.get(name))
     return values
 
 

@@ -181,3 +181,16 @@ def test_the_cache_keeps_fewer_large_results(monkeypatch):
     assert fr.cache_limit(outcome) == 3
     monkeypatch.setattr(fr, "CACHE_BYTES", 1)
     assert fr.cache_limit(outcome) == 1  # the newest is always kept
+
+
+@pytest.mark.parametrize("method, option, info", [("svd", "rank", "rank"), ("palm4msa", "k", "k"), ("tt", "ranks", None)])
+def test_automatic_values_are_what_the_method_picks(method, option, info):
+    W = torch.randn(48, 40, generator=torch.Generator().manual_seed(0))
+    picked = fr.automatic_values(method, (48, 40), 0.3)[option]
+    result = dsf_core.factorize(W, method, density=0.3)
+    if info is not None:
+        assert picked == result.info[info]
+    else:
+        assert picked == max(result.info["ranks"])
+    assert dsf_core.factorize(W, method, density=0.3, **{option: picked}).n_params == result.n_params
+    assert fr.automatic_values(method, (48, 40), 0.001) == {}  # below the minimum: nothing to offer
