@@ -52,3 +52,18 @@ def test_a_pages_settings_are_kept_while_visiting_other_pages(app):
     assert app.selectbox(key="fact_method").value == "svd"
     assert app.toggle(key="fact_quick").value is False
     assert app.radio(key="_target_source").value == "Synthetic matrix"
+
+
+@pytest.mark.parametrize("model", ["tiny-lm", "minilm"])
+def test_every_page_works_on_the_other_builtin_models(model):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.selectbox(key="home_builtin").set_value(model).run()
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception and not at.error, (model, page)
+    at.switch_page("pages/2_Factorize.py").run()
+    at.button(key="fact_run").click().run()
+    assert at.session_state["fact_job"].wait(120)
+    at.run()
+    assert not at.exception and not at.error
+    assert "Relative error" in [m.label for m in at.metric]
