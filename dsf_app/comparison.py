@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from dsf_core import METHODS, factorize
+from dsf_core import METHODS, BudgetError, factorize
 
 from . import figures, method_settings
 from .jobs import Report
@@ -19,7 +18,6 @@ GRAM_METHODS = tuple(name for name in METHODS if method_settings.reads_gram(name
 SWEEP_DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
 
 BELOW_MINIMUM = "below the method's minimum"
-_BUDGET_ERROR = re.compile(r"needs (\d+) parameters for (.+), more than the budget of (\d+) parameters")
 
 
 @dataclass(frozen=True)
@@ -44,14 +42,11 @@ class Row:
 
 def why_not(exc: BaseException) -> str:
     """A plain-words reason a method gave no result, e.g. that the budget is below its minimum."""
-    text = plain_message(exc)
-    found = _BUDGET_ERROR.search(text)
-    if found:
-        needed, what, budget = found.groups()
-        return f"{BELOW_MINIMUM}: it needs {needed} parameters ({what}), the budget is {budget}"
-    if "budget of 0 parameters" in text:
+    if isinstance(exc, BudgetError) and exc.budget == 0:
         return f"{BELOW_MINIMUM}: the density leaves a budget of 0 parameters"
-    return f"failed: {text}"
+    if isinstance(exc, BudgetError):
+        return f"{BELOW_MINIMUM}: it needs {exc.needed} parameters ({exc.what}), the budget is {exc.budget}"
+    return f"failed: {plain_message(exc)}"
 
 
 def run_one(target, method: str, density: float, *, aware: bool, quick: bool, device, callback=None) -> Row | None:

@@ -14,7 +14,7 @@ from typing import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from dsf_core import METHODS
+from dsf_core import METHODS, BudgetError
 from dsf_core.checkpoint import save_compressed
 from dsf_core.compress import LayerReport, compress_model
 from dsf_core.layers import select_layers
@@ -22,7 +22,7 @@ from dsf_core.models import ModelBundle
 from dsf_core.stats import dense_file_bytes, stored_values
 
 from . import figures, method_settings
-from .comparison import BELOW_MINIMUM, why_not
+from .comparison import why_not
 from .jobs import Report
 
 MAX_RUNS = 12  # runs kept per model; older ones (and their checkpoint files) are dropped
@@ -128,7 +128,7 @@ def compress(bundle: ModelBundle, settings: Settings, model_spec: str, folder: s
         file_bytes = save_compressed(path, result, model_spec)
     except Exception as exc:  # one failed run is reported in words; a sweep goes on with the next
         reason = why_not(exc)
-        if reason.startswith(BELOW_MINIMUM) and len(done) < len(chosen):  # a budget is per layer
+        if isinstance(exc, BudgetError) and len(done) < len(chosen):  # a budget is per layer
             reason = f"layer {chosen[len(done)].name}: {reason}"
         raise RunFailed(f"{settings.label}, {reason}") from exc
     return Run(

@@ -11,10 +11,11 @@ from ._metrics import damp_gram, relative_error, weighted_relative_error
 from ._modules import FactorizedConv2d, FactorizedLinear
 from ._registry import METHODS, MethodSpec, Option
 from ._result import Factorization
-from .methods._common import ConvergenceWarning
+from .methods._common import BudgetError, ConvergenceWarning
 
 __all__ = [
     "METHODS",
+    "BudgetError",
     "ConvergenceWarning",
     "Factorization",
     "FactorizedConv2d",

@@ -19,7 +19,7 @@ from ._validation import (
     check_seed,
     check_weight,
 )
-from .methods._common import Progress
+from .methods._common import BudgetError, Progress
 
 
 def factorize(
@@ -68,9 +68,11 @@ def factorize(
     m, n = work.shape
     budget = plan.budget((m, n), density)
     if budget < 1:
-        raise ValueError(
-            f"density {density} of a {m} x {n} matrix leaves a budget of 0 parameters; "
-            "raise the density."
+        raise BudgetError(
+            f"density {density} of a {m} x {n} matrix leaves a budget of 0 parameters; raise the density.",
+            needed=1,
+            budget=0,
+            what="one stored parameter",
         )
 
     generator = torch.Generator(device=device).manual_seed(seed)

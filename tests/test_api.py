@@ -219,6 +219,17 @@ def test_bad_input_is_a_clear_error(changes, error, match):
         factorize(weight, method, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "method, density, needed, what",
+    [("svd", 0.01, 56, "rank 1"), ("tt", 0.01, None, "TT rank 1"), ("magnitude", 0.0001, 1, "one stored parameter")],
+)
+def test_a_budget_below_the_minimum_says_what_was_needed(method, density, needed, what):
+    with pytest.raises(dsf_core.BudgetError) as raised:
+        factorize(_matrix(), method, density=density)
+    assert raised.value.what == what and raised.value.budget == int(density * 24 * 32 + 1e-9)
+    assert raised.value.needed > raised.value.budget and needed in (None, raised.value.needed)
+
+
 def test_gram_ignored_by_data_free_method_warns():
     with pytest.warns(UserWarning, match="does not use gram"):
         factorize(_matrix(), "tt", density=0.5, gram=_gram(32))

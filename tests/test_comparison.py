@@ -7,7 +7,7 @@ import torch
 
 from dsf_app.comparison import Row, best, progress_text, run_all, sweep, sweep_figure, table, why_not, winners
 from dsf_app.session import Target
-from dsf_core import METHODS, damp_gram, factorize
+from dsf_core import METHODS, BudgetError, damp_gram, factorize
 from dsf_core.examples import synthetic_matrix
 
 CPU = torch.device("cpu")
@@ -70,7 +70,9 @@ def test_budget_below_a_method_minimum_is_a_note_not_an_exception():
     assert rows["svd"].note == "below the method's minimum: it needs 138 parameters (rank 1), the budget is 12"
     assert rows["svd"].error is None and rows["svd"].n_params is None and not rows["svd"].ok
     assert rows["magnitude"].ok and rows["magnitude"].n_params == 12
-    assert "0 parameters" in why_not(ValueError("density 0.001 of a 3 x 3 matrix leaves a budget of 0 parameters"))
+    with pytest.raises(BudgetError) as zero:
+        factorize(torch.ones(3, 3), "magnitude", density=0.001)
+    assert "0 parameters" in why_not(zero.value)
     assert why_not(RuntimeError("boom")) == "failed: boom"
 
 

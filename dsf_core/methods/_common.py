@@ -37,12 +37,24 @@ class Progress:
         return not self.stopped
 
 
-def budget_error(method: str, needed: int, budget: int, what: str, shape) -> ValueError:
+class BudgetError(ValueError):
+    """The budget is below what a method needs: ``needed`` parameters for ``what`` (e.g. "rank 1"),
+    where ``budget`` are allowed."""
+
+    def __init__(self, message: str, *, needed: int, budget: int, what: str):
+        super().__init__(message)
+        self.needed, self.budget, self.what = needed, budget, what
+
+
+def budget_error(method: str, needed: int, budget: int, what: str, shape) -> BudgetError:
     """The error raised when a method's smallest (or requested) size does not fit the budget."""
     m, n = shape
-    return ValueError(
+    return BudgetError(
         f"Method {method!r} needs {needed} parameters for {what}, more than the budget of "
-        f"{budget} parameters (density x {m} x {n}); raise the density or lower the option."
+        f"{budget} parameters (density x {m} x {n}); raise the density or lower the option.",
+        needed=needed,
+        budget=budget,
+        what=what,
     )
 
 
