@@ -31,13 +31,8 @@ def automatic_options(method: str, shape: tuple[int, int], density: float) -> di
     return {}
 
 
-def _tt_modes(m: int, n: int) -> tuple[list[int], list[int]]:
-    """The mode sizes tt's defaults factor ``m`` and ``n`` into."""
-    return sorted(tt._balanced_factors(m, tt._DEFAULT_CORES)), sorted(tt._balanced_factors(n, tt._DEFAULT_CORES), reverse=True)
-
-
 def _tt_sizes(m: int, n: int) -> list[int]:
-    m_modes, n_modes = _tt_modes(m, n)
+    m_modes, n_modes = tt.modes(m, n)
     return [a * b for a, b in zip(m_modes, n_modes)]
 
 
@@ -54,7 +49,7 @@ def budget_plan(shape: tuple[int, int], density: float) -> dict[str, str]:
         "dsf": lambda auto: _dsf_text(m, n, auto["inner_dim"], *dsf._split_budget(allowed, m, n, auto["inner_dim"], None)),
         "palm4msa": lambda auto: f"2 factors ({m}x{r}, {r}x{n}), k = {auto['k']} nonzeros per row and column",
         "svd": lambda auto: f"rank {auto['rank']} of {r}",
-        "tt": lambda auto: "modes {} x {}, TT rank up to {}".format(*map(tuple, _tt_modes(m, n)), auto["ranks"]),
+        "tt": lambda auto: "modes {} x {}, TT rank up to {}".format(*map(tuple, tt.modes(m, n)), auto["ranks"]),
     }
     describe["hierarchical"] = describe["palm4msa"]
     plans = {}

@@ -23,11 +23,7 @@ _DEFAULT_CORES = 2
 
 def fit(W, *, budget, gram, generator, progress, ranks, n_cores):
     m, n = W.shape
-    d = n_cores or _DEFAULT_CORES
-    # Small m_k with large n_k keeps the bonds balanced, and small m_k early, small n_k late
-    # makes the matrix-vector product cheap (cores are applied first to last).
-    m_modes = sorted(_balanced_factors(m, d))
-    n_modes = sorted(_balanced_factors(n, d), reverse=True)
+    m_modes, n_modes = modes(m, n, n_cores or _DEFAULT_CORES)
     sizes = [a * b for a, b in zip(m_modes, n_modes)]
     rank = _choose_rank(sizes, budget, ranks, (m, n))
     bonds = _bond_ranks(sizes, rank)
@@ -44,6 +40,15 @@ def fit(W, *, budget, gram, generator, progress, ranks, n_cores):
         "ranks": tuple(core.shape[0] for core in cores) + (1,),
     }
     return Fit(factors=cores, sparse=[False] * len(cores), kind="tt", info=info)
+
+
+def modes(m: int, n: int, d: int = _DEFAULT_CORES) -> tuple[list[int], list[int]]:
+    """The mode sizes ``m`` and ``n`` are factored into for ``d`` cores.
+
+    Small m_k with large n_k keeps the bonds balanced, and small m_k early, small n_k late makes
+    the matrix-vector product cheap (cores are applied first to last).
+    """
+    return sorted(_balanced_factors(m, d)), sorted(_balanced_factors(n, d), reverse=True)
 
 
 def _primes(size: int) -> list[int]:
