@@ -183,7 +183,7 @@ def load_checkpoint(path: str = WEIGHTS_PATH) -> tuple[DigitsCNN, dict]:
 def load_bundle() -> ModelBundle:
     """The committed digits CNN with its calibration data and test-set metric."""
     model, info = load_checkpoint(WEIGHTS_PATH)
-    load_split()  # load the data now (importing scikit-learn takes ~1 s) so that evaluate() is fast
+    load_split()  # read the data now, so that the first evaluate() is as fast as the others
     return ModelBundle(
         name="digits-cnn",
         model=model,

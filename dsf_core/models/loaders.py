@@ -118,6 +118,11 @@ def _kl(reference: torch.Tensor, logits: torch.Tensor) -> float:
     return F.kl_div(new, ref, log_target=True, reduction="batchmean").item()
 
 
+def _agreement(name: str, reference: torch.Tensor, logits: torch.Tensor) -> dict:
+    """``{name: share of positions whose top-1 matches the original's, "kl": _kl(...)}``."""
+    return {name: (logits.argmax(-1) == reference.argmax(-1)).float().mean().item(), "kl": _kl(reference, logits)}
+
+
 def _run(forward, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """``forward`` over ``inputs`` in batches, concatenated on the CPU."""
     with evaluating(model):
@@ -169,11 +174,7 @@ def classifier_bundle(
         )
 
     def evaluate(m: nn.Module) -> dict:
-        logits = _run(forward, m, held_out)
-        result = {
-            "top1_agreement": (logits.argmax(-1) == reference.argmax(-1)).float().mean().item(),
-            "kl": _kl(reference, logits),
-        }
+        result = _agreement("top1_agreement", reference, _run(forward, m, held_out))
         if images is not None:
             result["accuracy"] = (_run(forward, m, images).argmax(-1) == labels).float().mean().item()
         return result
@@ -231,11 +232,7 @@ def lm_bundle(
     chunks = None if text_tokens is None else _text_chunks(text_tokens, seq_len)
 
     def evaluate(m: nn.Module) -> dict:
-        logits = _run(forward, m, held_out)
-        result = {
-            "next_token_agreement": (logits.argmax(-1) == reference.argmax(-1)).float().mean().item(),
-            "kl": _kl(reference, logits),
-        }
+        result = _agreement("next_token_agreement", reference, _run(forward, m, held_out))
         if chunks is not None:
             result["perplexity"] = _perplexity(m, forward, chunks)
         return result
