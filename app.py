@@ -7,6 +7,7 @@ import streamlit as st
 
 from dsf_app import session
 from dsf_app.messages import or_stop, plain_message
+from dsf_core.layers import list_layers
 from dsf_core.models import BUILTIN_MODELS
 
 session.setup_page("Home")
@@ -122,7 +123,7 @@ bundle = session.current_bundle()
 choice = session.current_choice()
 st.subheader(choice.label)
 st.caption(f"{bundle.description or bundle.task} · weights from `{bundle.source}`")
-layers = session.layers(bundle)
+layers = list_layers(bundle.model)
 metrics = or_stop("evaluate the model", session.dense_metrics, choice)
 n_params = sum(p.numel() for p in bundle.model.parameters())
 cols = st.columns(4)

@@ -221,13 +221,9 @@ def warn_if_no_cuda() -> None:
         )
 
 
-def layers(bundle: ModelBundle) -> list[LayerInfo]:
-    return list_layers(bundle.model)
-
-
 def layers_or_stop(bundle: ModelBundle) -> list[LayerInfo]:
     """The model's factorizable layers; if it has none, the page says so and stops."""
-    found = layers(bundle)
+    found = list_layers(bundle.model)
     if not found:
         st.error("This model has no factorizable layer (Linear, Conv2d without groups, or Conv1D).")
         st.stop()
