@@ -1,10 +1,12 @@
 """DSF: planted structure, real pretrained weights against the reference figures, every density."""
 
+import numpy as np
 import pytest
 import torch
 
 from dsf_core import ConvergenceWarning, factorize
 from dsf_core.examples import minilm_weight, synthetic_matrix
+from dsf_core.methods.dsf import spd_inverse
 
 
 def _planted(seed, m=64, r=64, n=128, fill=0.1):
@@ -119,3 +121,30 @@ def test_numerical_failure_warns_and_keeps_the_last_good_round(monkeypatch):
     assert all(bool(torch.isfinite(f).all()) for f in result.factors)
     assert result.n_params <= result.info["budget"]
     assert result.error(W) <= result.history[-1] + 1e-4  # round 3's factors (refit only helps)
+
+
+@pytest.mark.parametrize("shape", [(5, 5), (130, 130), (2, 257, 257)])
+def test_block_spd_inverse_matches_a_float64_inverse(shape):
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(*shape[:-1], shape[-1] + 20, generator=g) * torch.linspace(0.05, 3, shape[-1] + 20)
+    spd = X @ X.mT / shape[-1] + 0.01 * torch.eye(shape[-1])
+    oracle = torch.from_numpy(np.linalg.inv(spd.double().numpy()))  # numpy's LAPACK, not torch's
+    inverse = spd_inverse(spd)
+    assert inverse.shape == spd.shape
+    assert torch.linalg.norm(inverse.double() - oracle) / torch.linalg.norm(oracle) < 1e-4
+    assert torch.allclose(inverse, inverse.mT, atol=1e-5 * float(inverse.abs().max()))
+
+
+def test_matmul_precision_is_set_while_fitting_and_restored():
+    W, _ = synthetic_matrix(128, 128)
+    previous = torch.get_float32_matmul_precision()
+    seen = []
+    try:
+        torch.set_float32_matmul_precision("high")
+        fast = factorize(W, "dsf", density=0.5, callback=lambda s, o: seen.append(torch.get_float32_matmul_precision()))
+        assert set(seen) == {"medium"}
+        assert torch.get_float32_matmul_precision() == "high"
+        exact = factorize(W, "dsf", density=0.5, matmul_precision="highest")
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert fast.error(W) < 1.03 * exact.error(W)
