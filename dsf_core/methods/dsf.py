@@ -212,7 +212,7 @@ def _refit_left(W, a, b, gram, steps: int):
     return (z / norms[:, None]).T
 
 
-def spd_inverse(matrix: torch.Tensor, leaf: int = 128) -> torch.Tensor:
+def spd_inverse(matrix: torch.Tensor, leaf: int = 96) -> torch.Tensor:
     """Inverse of a (batch of) symmetric positive definite matrix by 2 x 2 block elimination:
     ``[[A, B], [B^T, C]]^-1`` from ``A^-1`` and the Schur complement ``S = C - B^T A^-1 B`` (both
     SPD), down to Cholesky at ``leaf`` size. Nearly all work is matrix products, which run several
