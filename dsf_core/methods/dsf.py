@@ -215,8 +215,8 @@ def _refit_left(W, a, b, gram, steps: int):
 def spd_inverse(matrix: torch.Tensor, leaf: int = 96) -> torch.Tensor:
     """Inverse of a (batch of) symmetric positive definite matrix by 2 x 2 block elimination:
     ``[[A, B], [B^T, C]]^-1`` from ``A^-1`` and the Schur complement ``S = C - B^T A^-1 B`` (both
-    SPD), down to Cholesky at ``leaf`` size. Nearly all work is matrix products, which run several
-    times faster than LAPACK's Cholesky inverse on CPU."""
+    SPD), down to Cholesky at ``leaf`` size. Nearly all work is matrix products: about twice as
+    fast as a Cholesky inverse of the whole matrix (2 CPU threads, 256 to 1024 a side)."""
     n = matrix.shape[-1]
     if n <= leaf:
         return torch.cholesky_inverse(torch.linalg.cholesky(matrix))
