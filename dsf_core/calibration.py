@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -39,17 +41,27 @@ class GramAccumulator:
         return damp_gram(gram, damp) if damp > 0 else gram
 
 
+class _InputsSeen(Exception):
+    """Raised by a hook to end a forward pass once every recorded layer has had its input."""
+
+
 @contextmanager
-def recording_inputs(model: nn.Module, names: list[str]):
+def recording_inputs(model: nn.Module, names: list[str], *, stop_when_seen: bool = False):
     """Within the block, every forward call of the named layers adds its input rows to an
-    accumulator; yields ``{name: GramAccumulator}``."""
+    accumulator; yields ``{name: GramAccumulator}``. With ``stop_when_seen``, the call that gives
+    the last of the named layers its input raises ``_InputsSeen``, ending the pass there (only
+    right for layers called once per pass; :func:`collect_grams` catches it)."""
     accumulators = {name: GramAccumulator() for name in names}
-    handles = []
+    seen: set[str] = set()
+    handles = [model.register_forward_pre_hook(lambda module, args: seen.clear())]  # a new pass
     for name in names:
         module = model.get_submodule(name)
 
         def hook(module, args, name=name):
             accumulators[name].add(layer_input_rows(module, args[0]))
+            seen.add(name)
+            if stop_when_seen and len(seen) == len(accumulators):
+                raise _InputsSeen
 
         handles.append(module.register_forward_pre_hook(hook))
     try:
@@ -60,13 +72,60 @@ def recording_inputs(model: nn.Module, names: list[str]):
 
 
 @torch.no_grad()
-def collect_grams(model, forward, batches, names, *, damp: float = 0.01) -> dict[str, torch.Tensor]:
+def collect_grams(model, forward, batches, names, *, damp: float = 0.01, stop_early: bool = False) -> dict[str, torch.Tensor]:
     """The damped input Gram ``G = X^T X / rows`` of each named layer over all ``batches``
-    (``forward(model, batch)`` runs one). Memory: one ``in x in`` matrix per layer."""
-    with recording_inputs(model, names) as accumulators:
+    (``forward(model, batch)`` runs one). Memory: one ``in x in`` matrix per layer. With
+    ``stop_early`` (for layers called once per pass, see :func:`sequential_groups`), each pass
+    ends as soon as every named layer has had its input."""
+    with recording_inputs(model, names, stop_when_seen=stop_early) as accumulators:
         for batch in batches:
-            forward(model, batch)
+            try:
+                forward(model, batch)
+            except _InputsSeen:
+                pass
     missing = [name for name, acc in accumulators.items() if acc.rows == 0]
     if missing:
         raise ValueError(f"The calibration inputs never reached layer(s) {missing}.")
     return {name: acc.gram(damp) for name, acc in accumulators.items()}
+
+
+@torch.no_grad()
+def sequential_groups(model, forward, batch, names) -> list[tuple[list[str], bool]]:
+    """``names`` split, in order, into groups whose Grams can be collected in one (shortened) pass
+    when compressing layer by layer: ``(group, called_once)``.
+
+    One forward pass on ``batch`` watches the layers' inputs. Consecutive layers, each called once,
+    whose calls follow one another on the very same, unmodified input tensor (a transformer's
+    query, key and value) form a group: compressing one cannot change the others' input. Layers
+    called more than once (shared weights) stay alone, and their passes run to the end."""
+    order: list[str] = []  # the watched layers' calls, in call order
+    same_input: list[bool] = []  # per call: it read the previous call's input tensor, unchanged
+    previous: list = [None, None]  # weak reference to the previous call's input, its version
+
+    def hook(module, args, name):
+        x = args[0]
+        try:
+            version = x._version  # counts in-place changes
+        except RuntimeError:  # inference-mode tensors keep no count: never grouped
+            version = None
+        reference, last_version = previous
+        same_input.append(reference is not None and reference() is x and version is not None and version == last_version)
+        previous[:] = [weakref.ref(x), version]
+        order.append(name)
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(partial(hook, name=name)) for name in names]
+    try:
+        forward(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    groups: list[tuple[list[str], bool]] = []
+    for name in names:
+        once = order.count(name) == 1
+        if once and groups and groups[-1][1]:
+            call = order.index(name)
+            if call > 0 and order[call - 1] == groups[-1][0][-1] and same_input[call]:
+                groups[-1][0].append(name)
+                continue
+        groups.append(([name], once))
+    return groups

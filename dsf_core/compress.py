@@ -11,7 +11,7 @@ from torch import nn
 from ._api import factorize
 from ._registry import get_method
 from ._result import Factorization
-from .calibration import collect_grams
+from .calibration import collect_grams, sequential_groups
 from .layers import LayerInfo, select_layers, set_module, weight_matrix
 from .models import ModelBundle
 
@@ -83,18 +83,11 @@ def compress_model(
     chosen = select_layers(model, layers)
     use_data = calibration > 0 and spec.uses_gram != "no"
     batches = bundle.calibration_inputs(calibration) if use_data else []
-    grams = {}
-    if use_data and not sequential:
-        grams = collect_grams(model, bundle.forward, batches, [layer.name for layer in chosen], damp=damp)
-
     reports, factorizations = [], {}
-    for index, layer in enumerate(chosen):
-        gram = grams.get(layer.name)
-        if use_data and sequential:
-            gram = collect_grams(model, bundle.forward, batches, [layer.name], damp=damp)[layer.name]
+    for layer, gram in _layers_and_grams(model, bundle.forward, chosen, batches, sequential, damp):
         factorizations[layer.name], report = _compress_layer(model, layer, method, density, gram, options)
         reports.append(report)
-        if callback is not None and callback(index + 1, len(chosen), reports[-1]) is False:
+        if callback is not None and callback(len(reports), len(chosen), report) is False:
             break
 
     outcome = CompressionResult(model, method, density, dict(options), reports, factorizations)
@@ -104,6 +97,25 @@ def compress_model(
         outcome.compressed_metric = float(bundle.evaluate(model)[bundle.metric_name])
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _layers_and_grams(model, forward, chosen: list[LayerInfo], batches, sequential: bool, damp: float):
+    """Each chosen layer with its input Gram (None without calibration batches). Sequentially, a
+    group's Grams are collected when the group comes up, on the model as compressed so far."""
+    names = [layer.name for layer in chosen]
+    if not batches:
+        grams = dict.fromkeys(names)
+    elif not sequential:
+        grams = collect_grams(model, forward, batches, names, damp=damp)
+    else:
+        by_name = {layer.name: layer for layer in chosen}
+        for group, called_once in sequential_groups(model, forward, batches[0], names):
+            grams = collect_grams(model, forward, batches, group, damp=damp, stop_early=called_once)
+            for name in group:
+                yield by_name[name], grams[name]
+        return
+    for layer in chosen:
+        yield layer, grams[layer.name]
 
 
 def _compress_layer(model, layer: LayerInfo, method, density, gram, options):

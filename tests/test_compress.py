@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from _small_models import cnn_bundle, gpt2_bundle
-from dsf_core.calibration import collect_grams
+from dsf_core.calibration import collect_grams, sequential_groups
 from dsf_core.compress import compress_model
-from dsf_core.layers import list_layers, select_layers, weight_matrix
+from dsf_core.models import ModelBundle
+from dsf_core.layers import list_layers, select_layers, set_module, weight_matrix
 
 
 def test_layers_are_listed_with_matrix_shapes():
@@ -132,3 +133,63 @@ def test_a_compressed_model_can_be_copied_and_compressed_again():
     assert not torch.equal(twin.fc1.bias, first.model.fc1.bias)
     again = compress_model(dataclasses.replace(bundle, model=first.model), "magnitude", 0.5, layers="fc2", calibration=0)
     assert {layer.name for layer in again.layers} == {"fc2"} and again.compressed_metric is not None
+
+
+class _Watched(torch.nn.Module):
+    """Layers whose inputs relate in every way ``sequential_groups`` must tell apart."""
+
+    def __init__(self):
+        super().__init__()
+        for name in ("q", "k", "v", "a", "b", "c", "d", "e", "twice", "f"):
+            setattr(self, name, torch.nn.Linear(8, 8))
+
+    def forward(self, x):
+        x = self.q(x) * self.k(x) + self.v(x)  # q, k, v: the same input tensor
+        h = x.clone()
+        h.add_(self.a(h))  # a's input is changed in place before b reads it
+        y = self.b(h)
+        y = self.d(torch.relu(self.c(y * 1.0)))  # c's input is freed; d's may reuse its memory
+        z = self.e(y.view(-1, 8))  # a view of d's input: another tensor object
+        return self.f(self.twice(self.twice(z)))  # shared weights: called twice
+
+
+def _watched_bundle() -> ModelBundle:
+    torch.manual_seed(0)
+    model = _Watched().eval()
+    data = torch.randn(48, 8, generator=torch.Generator().manual_seed(1))
+    return ModelBundle("watched", model, "encoder", "mean_cosine", True, lambda n: list(data[:n].split(16)),
+                       lambda m, batch: m(batch), lambda m: {"mean_cosine": 1.0})
+
+
+def test_layers_reading_one_unchanged_input_are_grouped_and_shared_layers_run_whole_passes():
+    bundle = _watched_bundle()
+    names = [layer.name for layer in list_layers(bundle.model)]
+    groups = sequential_groups(bundle.model, bundle.forward, bundle.calibration_inputs(16)[0], names)
+    assert groups == [(["q", "k", "v"], True), (["a"], True), (["b"], True), (["c"], True), (["d"], True),
+                      (["e"], True), (["twice"], False), (["f"], True)]
+
+
+@pytest.mark.parametrize("make_bundle", [cnn_bundle, gpt2_bundle, _watched_bundle])
+def test_passes_stopped_once_every_layer_has_its_input_give_the_same_grams(make_bundle):
+    bundle = make_bundle()
+    batches = bundle.calibration_inputs(32)
+    names = [layer.name for layer in list_layers(bundle.model)]
+    for group, called_once in sequential_groups(bundle.model, bundle.forward, batches[0], names):
+        stopped = collect_grams(bundle.model, bundle.forward, batches, group, stop_early=called_once)
+        whole = collect_grams(bundle.model, bundle.forward, batches, group)
+        assert stopped.keys() == whole.keys()
+        assert all(torch.equal(stopped[name], whole[name]) for name in group)
+
+
+@pytest.mark.parametrize("make_bundle", [gpt2_bundle, _watched_bundle])
+def test_each_sequential_gram_is_the_one_of_the_model_with_the_earlier_layers_compressed(make_bundle):
+    bundle = make_bundle()
+    result = compress_model(bundle, "magnitude", 0.4, calibration=32, evaluate=False)
+    batches = bundle.calibration_inputs(32)
+    model = copy.deepcopy(bundle.model)
+    for report in result.layers:  # oracle: whole passes, one layer at a time, as compressed in order
+        gram = collect_grams(model, bundle.forward, batches, [report.name])[report.name]
+        module = model.get_submodule(report.name)
+        factorization = result.factorizations[report.name]
+        assert report.weighted_error == pytest.approx(factorization.error(weight_matrix(module), gram), rel=1e-5)
+        set_module(model, report.name, factorization.to_module(module.bias))
