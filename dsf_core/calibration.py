@@ -41,8 +41,9 @@ class GramAccumulator:
         return damp_gram(gram, damp) if damp > 0 else gram
 
 
-class _InputsSeen(Exception):
-    """Raised by a hook to end a forward pass once every recorded layer has had its input."""
+class _InputsSeen(BaseException):
+    """Raised by a hook to end a forward pass once every recorded layer has had its input; not an
+    ``Exception``, so that a model's own ``except Exception`` cannot swallow it."""
 
 
 @contextmanager
