@@ -87,6 +87,14 @@ def bench_dsf(device, quick, repeats):
     )
 
 
+def warm_up(device):
+    """One small fit per method, so that no table pays a process's one-time costs (the lazy
+    tensorly import, first-use kernel set-up)."""
+    W = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    for method, spec in dsf_core.METHODS.items():
+        dsf_core.factorize(W, method, density=0.5, device=device, **spec.presets.get("quick", {}))
+
+
 def bench_methods_on(W, title, density, device, preset=None):
     rows = []
     for method, spec in dsf_core.METHODS.items():
@@ -150,6 +158,7 @@ def main():
     print(f"# dsf_core benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {device} ({name}), {os.cpu_count()} CPU cores")
 
+    warm_up(device)
     bench_dsf(device, args.quick, args.repeats)
     W512, _ = synthetic_matrix(512, 512)
     bench_methods_on(W512, "Every method on a 512x512 matrix, density 0.25, defaults", 0.25, device)
