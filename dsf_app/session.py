@@ -13,7 +13,7 @@ import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 import torch
 
-from dsf_core.calibration import recording_inputs
+from dsf_core.calibration import collect_grams
 from dsf_core.examples import synthetic_matrix
 from dsf_core.layers import LayerInfo, list_layers, weight_matrix
 from dsf_core.models import ModelBundle, load_builtin
@@ -111,13 +111,8 @@ def calibration_gram(choice: ModelChoice, layer_name: str, n_samples: int = CALI
     the dense model (one layer at a time: all of a large model's Grams would not fit in memory)."""
     bundle = cached_bundle(choice)
     model = copy.deepcopy(bundle.model)  # hooks on the shared model would see other sessions' inputs
-    with torch.no_grad(), recording_inputs(model, [layer_name]) as accumulators:
-        for batch in bundle.calibration_inputs(n_samples):
-            bundle.forward(model, batch)
-    accumulator = accumulators[layer_name]
-    if accumulator.rows == 0:
-        raise ValueError(f"the calibration inputs never reach layer {layer_name}")
-    return accumulator.gram(0.0)
+    batches = bundle.calibration_inputs(n_samples)
+    return collect_grams(model, bundle.forward, batches, [layer_name], damp=0.0)[layer_name]
 
 
 MAX_INPUT_VALUES = 3 * 1024 * 1024  # an input image of at most 3 x 1024 x 1024 values

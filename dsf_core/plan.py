@@ -27,13 +27,8 @@ def automatic_options(method: str, shape: tuple[int, int], density: float) -> di
     if method == "svd":
         return {"rank": svd._choose_rank(allowed, m, n, None)}
     if method == "tt":
-        return {"ranks": tt._choose_rank(_tt_sizes(m, n), allowed, None, (m, n))}
+        return {"ranks": tt._choose_rank(tt.core_sizes(*tt.modes(m, n)), allowed, None, (m, n))}
     return {}
-
-
-def _tt_sizes(m: int, n: int) -> list[int]:
-    m_modes, n_modes = tt.modes(m, n)
-    return [a * b for a, b in zip(m_modes, n_modes)]
 
 
 def budget_plan(shape: tuple[int, int], density: float) -> dict[str, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 
-
 from ._common import Fit, budget_error
 
 # Default number of cores. At equal budget, 2 cores gave the lowest error of d = 2, 3, 4 on every
@@ -24,7 +23,7 @@ _DEFAULT_CORES = 2
 def fit(W, *, budget, gram, generator, progress, ranks, n_cores):
     m, n = W.shape
     m_modes, n_modes = modes(m, n, n_cores or _DEFAULT_CORES)
-    sizes = [a * b for a, b in zip(m_modes, n_modes)]
+    sizes = core_sizes(m_modes, n_modes)
     rank = _choose_rank(sizes, budget, ranks, (m, n))
     bonds = _bond_ranks(sizes, rank)
     import tensorly as tl  # imported on use: it takes a quarter second, and most runs never need it
@@ -49,6 +48,11 @@ def modes(m: int, n: int, d: int = _DEFAULT_CORES) -> tuple[list[int], list[int]
     the matrix-vector product cheap (cores are applied first to last).
     """
     return sorted(_balanced_factors(m, d)), sorted(_balanced_factors(n, d), reverse=True)
+
+
+def core_sizes(m_modes: list[int], n_modes: list[int]) -> list[int]:
+    """``m_k * n_k`` per core: what each core's entries are counted against its bond ranks."""
+    return [a * b for a, b in zip(m_modes, n_modes)]
 
 
 def _primes(size: int) -> list[int]:
