@@ -16,6 +16,7 @@ from ._validation import (
     check_density,
     check_device,
     check_gram,
+    check_row_weights,
     check_seed,
     check_weight,
 )
@@ -28,6 +29,7 @@ def factorize(
     *,
     density: float,
     gram: torch.Tensor | None = None,
+    row_weights: torch.Tensor | None = None,
     device=None,
     seed: int = 0,
     callback=None,
@@ -36,7 +38,10 @@ def factorize(
     """Approximate ``weight`` by ``method`` within ``density * weight.numel()`` stored parameters.
 
     ``weight`` is 2-D (``out x in``) or a 4-D conv kernel (read as ``out x in*kh*kw``); ``gram`` is
-    an optional ``in x in`` input Gram matrix for activation-aware methods; ``callback(step,
+    an optional ``in x in`` input Gram matrix for activation-aware methods; ``row_weights`` (``out``
+    positive numbers, for methods whose factors multiply: all but tt) weigh the output rows in the
+    objective: the method approximates ``diag(row_weights) W`` and the first factor's rows are
+    divided back, so the supports follow the weighted objective; ``callback(step,
     objective)`` is called during the work and may return ``False`` to stop early. Method options
     are listed in ``METHODS[method].options``. The work runs on ``device`` (default: the weight's),
     where the result's factors stay; ``seed`` fixes the random starts of methods that have them
@@ -47,6 +52,7 @@ def factorize(
     matrix = check_weight(weight)
     density = check_density(density)
     gram = check_gram(gram, matrix.shape[1])
+    row_weights = check_row_weights(row_weights, matrix.shape[0])
     device = check_device(device, weight.device)
     seed = check_seed(seed)
     callback = check_callback(callback)
@@ -54,9 +60,14 @@ def factorize(
     if gram is not None and spec.uses_gram == "no":
         warnings.warn(f"Method {method!r} does not use gram; it is ignored.", UserWarning, stacklevel=2)
         gram = None
+    if row_weights is not None and not spec.row_weights:
+        raise ValueError(f"Method {method!r} does not take row_weights (its factors are not a plain product).")
 
     dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
     work = matrix.to(device=device, dtype=dtype, copy=True)
+    rows = None if row_weights is None else row_weights.to(device=device, dtype=dtype)[:, None]
+    if rows is not None:
+        work *= rows
     work_gram = None if gram is None else gram.to(device=device, dtype=dtype, copy=True)
     # Every method is equivariant to the weight's scale and invariant to the Gram's: solve at unit
     # scale, so that no input can overflow or underflow inside a solver, and scale back at the end.
@@ -84,7 +95,7 @@ def factorize(
     seconds = time.perf_counter() - start
 
     factors = list(fit.factors)
-    factors[0] = factors[0] * peak
+    factors[0] = factors[0] * peak if rows is None else factors[0] * peak / rows
     result = Factorization(
         method=method,
         options=resolved,
@@ -94,7 +105,7 @@ def factorize(
         weight_shape=tuple(weight.shape),
         history=progress.history,
         seconds=seconds,
-        info={**fit.info, "budget": budget, "stopped_early": progress.stopped},
+        info={**fit.info, "budget": budget, "stopped_early": progress.stopped, "row_weighted": rows is not None},
     )
     if result.n_params > budget:
         raise RuntimeError(

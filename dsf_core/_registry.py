@@ -72,6 +72,7 @@ class MethodSpec:
     # Named option sets, e.g. "quick": about 1 s on a 512 x 512 matrix on 2 CPU cores, for live
     # previews; the defaults are the papers' quality settings.
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    row_weights: bool = True  # takes output-row weights (its factors multiply to W)
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict:
         """Defaults overlaid with the given options, each checked."""
@@ -226,6 +227,7 @@ _SPECS = [
             ),
         },
         tt.fit,
+        row_weights=False,
     ),
     MethodSpec(
         "magnitude",

@@ -28,6 +28,19 @@ def check_weight(weight) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
+def check_row_weights(weights, m: int) -> torch.Tensor | None:
+    """Validate optional output-row weights: ``m`` finite positive numbers."""
+    if weights is None:
+        return None
+    if not isinstance(weights, torch.Tensor) or not weights.is_floating_point():
+        raise TypeError(f"row_weights must be a floating-point torch.Tensor or None; got {weights!r:.60}.")
+    if tuple(weights.shape) != (m,):
+        raise ValueError(f"row_weights must hold {m} numbers (one per output row); got shape {tuple(weights.shape)}.")
+    if not bool(torch.isfinite(weights).all()) or float(weights.min()) <= 0:
+        raise ValueError("row_weights must be finite and positive.")
+    return weights
+
+
 def check_gram(gram, n: int) -> torch.Tensor | None:
     """Validate an optional ``n x n`` symmetric input Gram matrix."""
     if gram is None:

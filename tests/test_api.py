@@ -207,6 +207,11 @@ BAD_INPUTS = [
     (dict(callback=3), TypeError, "callback must be callable"),
     (dict(seed=1.5), TypeError, "seed must be an int"),
     (dict(device="tpu"), ValueError, "device must be"),
+    (dict(row_weights=torch.ones(23)), ValueError, "row_weights must hold 24 numbers"),
+    (dict(row_weights=torch.zeros(24)), ValueError, "row_weights must be finite and positive"),
+    (dict(row_weights=torch.full((24,), float("inf"))), ValueError, "row_weights must be finite and positive"),
+    (dict(row_weights=torch.ones(24, dtype=torch.int64)), TypeError, "row_weights must be a floating-point"),
+    (dict(method="tt", row_weights=torch.ones(24)), ValueError, "does not take row_weights"),
 ]
 
 
@@ -233,3 +238,42 @@ def test_a_budget_below_the_minimum_says_what_was_needed(method, density, needed
 def test_gram_ignored_by_data_free_method_warns():
     with pytest.warns(UserWarning, match="does not use gram"):
         factorize(_matrix(), "tt", density=0.5, gram=_gram(32))
+
+
+def _row_weights(m=24, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(m, generator=g) * 4 + 0.25
+
+
+def test_row_weighted_svd_is_the_weighted_eckart_young_optimum():
+    W, d, G = _matrix(), _row_weights(), _gram(32)
+    result = factorize(W, "svd", density=0.5, gram=G, row_weights=d)
+    # Oracle: the best rank-r approximation of D W L (G = L L^T), mapped back by D^-1 and L^-1.
+    L = torch.linalg.cholesky(G.double())
+    U, S, Vh = torch.linalg.svd(d.double()[:, None] * W.double() @ L)
+    r = result.info["rank"]
+    best = (U[:, :r] * S[:r]) @ Vh[:r] @ torch.linalg.inv(L) / d.double()[:, None]
+    assert torch.allclose(result.to_matrix().double(), best, atol=1e-4)
+    assert result.info["row_weighted"] and not factorize(W, "svd", density=0.5).info["row_weighted"]
+
+
+def test_row_weighted_magnitude_keeps_the_largest_weighted_entries():
+    W, d = _matrix(), _row_weights()
+    kept = factorize(W, "magnitude", density=0.25, row_weights=d).to_matrix() != 0
+    weighted = (d[:, None] * W).abs()
+    assert kept.sum() == int(0.25 * W.numel())
+    assert weighted[kept].min() >= weighted[~kept].max()
+
+
+# Wanda keeps a fixed share of every row: row weights cannot move its budget between rows.
+@pytest.mark.parametrize("method", [m for m in ALL if METHODS[m].row_weights and m != "wanda"])
+def test_row_weights_move_the_error_to_the_light_rows(method):
+    W = _matrix(48, 32)
+    d = torch.ones(48)
+    d[:12] = 8.0  # the first rows matter most
+
+    def heavy_rows_error(row_weights):
+        approx = factorize(W, method, density=0.3, row_weights=row_weights).to_matrix()
+        return float(torch.linalg.norm(W[:12] - approx[:12]))
+
+    assert heavy_rows_error(d) < 0.9 * heavy_rows_error(None)
