@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._metrics import damp_gram
+from .layers import weight_matrix
 
 
 def layer_input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -130,3 +131,50 @@ def sequential_groups(model, forward, batch, names) -> list[tuple[list[str], boo
                 continue
         groups.append(([name], once))
     return groups
+
+
+def output_sensitivity(model, forward, batches, names, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """How much each output unit of each named layer moves the model's output: the mean, over the
+    positions the layer computes (tokens; conv: pixels), of the squared gradient of a random
+    projection ``<r, forward(model, batch)>`` (``r`` standard normal, drawn per batch) with respect
+    to the unit (zero for a layer the output does not depend on). Its expectation is the squared norm of the unit's row of the output Jacobian.
+    One forward and backward pass per batch; parameters get no ``.grad``."""
+    generator = torch.Generator().manual_seed(seed)
+    modules = {name: model.get_submodule(name) for name in names}
+    sums = dict.fromkeys(names, 0.0)
+    positions = dict.fromkeys(names, 0)
+    outputs: list[tuple[str, torch.Tensor]] = []
+    handles = [
+        module.register_forward_hook(lambda module, args, out, name=name: outputs.append((name, out)))
+        for name, module in modules.items()
+    ]
+    needed = [p for m in modules.values() for p in m.parameters(recurse=False) if not p.requires_grad]
+    try:
+        for parameter in needed:  # so that the layers' outputs carry gradients
+            parameter.requires_grad_(True)
+        with torch.enable_grad():
+            for batch in batches:
+                outputs.clear()
+                out = forward(model, batch)
+                if not out.requires_grad:
+                    raise ValueError("The model's forward runs without gradients; output weighting needs them.")
+                if not outputs:  # the named layers never ran
+                    continue
+                r = torch.randn(out.shape, generator=generator).to(out)
+                grads = torch.autograd.grad((out * r).sum(), [o for _, o in outputs], allow_unused=True)
+                for (name, _), grad in zip(outputs, grads):
+                    if grad is not None:
+                        if isinstance(modules[name], nn.Conv2d):
+                            grad = grad.movedim(1, -1)
+                        units = grad.detach().double().reshape(-1, grad.shape[-1])
+                        sums[name] = sums[name] + units.pow(2).sum(0)
+                        positions[name] += units.shape[0]
+    finally:
+        for parameter in needed:
+            parameter.requires_grad_(False)
+        for handle in handles:
+            handle.remove()
+    return {
+        name: (sums[name] / positions[name]).float() if positions[name] else torch.zeros(weight_matrix(modules[name]).shape[0])
+        for name in names
+    }

@@ -56,6 +56,7 @@ def save_compressed(path, result, model_spec: str) -> int:
         "method": result.method,
         "density": repr(result.density),
         "options": json.dumps(result.options),
+        "settings": json.dumps(result.settings),
         "layers": json.dumps(layers),
     }
     save_file(unshared(tensors), os.fspath(path), metadata=metadata)
@@ -77,7 +78,8 @@ def read_manifest(path) -> dict:
         raise ValueError(f"{path} is not a safetensors file ({exc}).") from exc
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is not a DSF Explorer compressed checkpoint (format {metadata.get('format')!r}).")
-    return {**metadata, "layers": json.loads(metadata["layers"]), "options": json.loads(metadata["options"])}
+    decoded = {key: json.loads(metadata[key]) for key in ("layers", "options", "settings") if key in metadata}
+    return {**metadata, **decoded}
 
 
 def load_compressed(path, base_model: nn.Module) -> nn.Module:

@@ -44,8 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--method", required=True, choices=list(METHODS))
     compress.add_argument("--density", required=True, type=float, help="kept fraction of each layer's weights")
     compress.add_argument("--layers", help="comma-separated glob patterns of layer names (default: all)")
-    compress.add_argument("--calibration", type=int, default=128, help="calibration samples (0: data-free)")
-    compress.add_argument("--independent", action="store_true", help="collect all Grams on the original model")
+    compress.add_argument("--calibration", type=int, help="calibration samples (0: data-free; default: the "
+                          "model's recommended number, else 128)")
+    order = compress.add_mutually_exclusive_group()
+    order.add_argument("--sequential", dest="sequential", action="store_true", default=None,
+                       help="collect each layer's Gram on the partly compressed model (the default unless the "
+                       "model recommends otherwise)")
+    order.add_argument("--independent", dest="sequential", action="store_false",
+                       help="collect all Grams on the original model (faster)")
+    compress.add_argument("--output-weighting", action=argparse.BooleanOptionalAction,
+                          help="weigh each layer's output rows by how much they move the model's output "
+                          "(default: as the model recommends)")
     compress.add_argument("--preset", help="a named option set of the method, e.g. quick")
     compress.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a method option")
     compress.add_argument("--out", help="write the compressed checkpoint (.safetensors) here")
@@ -85,7 +94,7 @@ def _compress(args) -> int:
     bundle = _load(args.model)
     result = compress_model(
         bundle, args.method, args.density, layers=args.layers, calibration=args.calibration,
-        sequential=not args.independent, callback=_progress_bar(), **options,
+        sequential=args.sequential, output_weighting=args.output_weighting, callback=_progress_bar(), **options,
     )
     if args.out:
         file_bytes = save_compressed(args.out, result, args.model)
@@ -95,7 +104,8 @@ def _compress(args) -> int:
     probe = bundle.calibration_inputs(4)[0]  # FLOPs are counted on one real batch
     probe_size = len(probe["input_ids"]) if isinstance(probe, dict) else len(probe)
     summary = {
-        "model": args.model, "method": args.method, "density": args.density, "options": options,
+        "model": args.model, "method": args.method, "density": args.density, "options": result.options,
+        "settings": result.settings,
         "metric_name": result.metric_name, "dense_metric": result.dense_metric,
         "compressed_metric": result.compressed_metric,
         "n_params_dense": result.n_params_dense, "n_params_compressed": result.n_params_compressed,
@@ -115,7 +125,7 @@ def _compress(args) -> int:
     rows = [{**row, "shape": "x".join(map(str, row["shape"]))} for row in summary["layers"]]
     _table(rows, ["name", "shape", "n_params_dense", "n_params", "error", "weighted_error", "seconds"])
     print()
-    for key in ("metric_name", "dense_metric", "compressed_metric", "n_params_dense", "n_params_compressed",
+    for key in ("options", "settings", "metric_name", "dense_metric", "compressed_metric", "n_params_dense", "n_params_compressed",
                 "file_bytes", "dense_file_bytes", "flops_per_sample", "dense_flops_per_sample", "seconds", "out"):
         print(f"{key:20s} {_cell(summary[key])}")
     return 0

@@ -6,12 +6,13 @@ import copy
 import time
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from ._api import factorize
 from ._registry import get_method
 from ._result import Factorization
-from .calibration import collect_grams, sequential_groups
+from .calibration import collect_grams, output_sensitivity, sequential_groups
 from .layers import LayerInfo, select_layers, set_module, weight_matrix
 from .models import ModelBundle
 
@@ -39,6 +40,7 @@ class CompressionResult:
     options: dict
     layers: list[LayerReport]
     factorizations: dict[str, Factorization] = field(repr=False)
+    settings: dict = field(default_factory=dict)  # calibration, sequential, damp, output_weighting
     metric_name: str = ""
     dense_metric: float | None = None
     compressed_metric: float | None = None
@@ -60,9 +62,10 @@ def compress_model(
     density: float,
     *,
     layers: str | None = None,
-    calibration: int = 128,
-    sequential: bool = True,
-    damp: float = 0.01,
+    calibration: int | None = None,
+    sequential: bool | None = None,
+    damp: float | None = None,
+    output_weighting: bool | None = None,
     evaluate: bool = True,
     callback=None,
     **options,
@@ -74,29 +77,76 @@ def compress_model(
     Gram is collected (damped by ``damp`` times its mean diagonal). ``sequential`` collects it on
     the partly compressed copy, so later layers see earlier layers' errors (as SparseGPT and DSF
     do); otherwise all Grams come from one pass over the original model (faster).
+    ``output_weighting`` also weighs each layer's output rows by how much they move the model's
+    output (:func:`output_row_weights`, one backward pass per calibration batch).
+    Settings left ``None`` take the bundle's ``compress_defaults``, then 128 samples, sequential,
+    damp 0.01 and no output weighting; the bundle's ``method_options`` lie under ``options``
+    (the bundle's output weighting applies to the methods that read Grams and take row weights).
     ``callback(done, total, report)`` is called after each layer; returning ``False`` stops
     (the result then holds the layers done so far).
     """
     spec = get_method(method)
+    settings = _settings(bundle, spec, calibration, sequential, damp, output_weighting)
+    options = {**bundle.method_options.get(method, {}), **options}
     start = time.perf_counter()
     model = copy.deepcopy(bundle.model).eval()
     chosen = select_layers(model, layers)
-    use_data = calibration > 0 and spec.uses_gram != "no"
-    batches = bundle.calibration_inputs(calibration) if use_data else []
+    use_data = settings["calibration"] > 0 and (spec.uses_gram != "no" or settings["output_weighting"])
+    batches = bundle.calibration_inputs(settings["calibration"]) if use_data else []
+    names = [layer.name for layer in chosen]
+    row_weights = dict.fromkeys(names)
+    if settings["output_weighting"]:
+        row_weights = output_row_weights(output_sensitivity(bundle.model, bundle.forward, batches, names))
+    grams = _layers_and_grams(
+        model, bundle.forward, chosen, batches if spec.uses_gram != "no" else [], settings["sequential"], settings["damp"]
+    )
     reports, factorizations = [], {}
-    for layer, gram in _layers_and_grams(model, bundle.forward, chosen, batches, sequential, damp):
-        factorizations[layer.name], report = _compress_layer(model, layer, method, density, gram, options)
+    for layer, gram in grams:
+        factorizations[layer.name], report = _compress_layer(
+            model, layer, method, density, gram, row_weights[layer.name], options
+        )
         reports.append(report)
         if callback is not None and callback(len(reports), len(chosen), report) is False:
             break
 
-    outcome = CompressionResult(model, method, density, dict(options), reports, factorizations)
+    outcome = CompressionResult(model, method, density, dict(options), reports, factorizations, settings)
     if evaluate:
         outcome.metric_name = bundle.metric_name
         outcome.dense_metric = float(bundle.evaluate(bundle.model)[bundle.metric_name])
         outcome.compressed_metric = float(bundle.evaluate(model)[bundle.metric_name])
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _settings(bundle: ModelBundle, spec, calibration, sequential, damp, output_weighting) -> dict:
+    """The run's settings: those given, else the bundle's defaults, else the library's."""
+    defaults = {"calibration": 128, "sequential": True, "damp": 0.01, "output_weighting": False}
+    defaults.update(bundle.compress_defaults)
+    if output_weighting is None:  # the bundle's choice, where the method can follow it
+        output_weighting = defaults["output_weighting"] and spec.row_weights and spec.uses_gram != "no"
+    elif output_weighting and not spec.row_weights:
+        raise ValueError(f"Method {spec.name!r} cannot weigh output rows (its factors are not a plain product).")
+    settings = {
+        "calibration": defaults["calibration"] if calibration is None else calibration,
+        "sequential": defaults["sequential"] if sequential is None else sequential,
+        "damp": defaults["damp"] if damp is None else damp,
+        "output_weighting": bool(output_weighting),
+    }
+    if settings["output_weighting"] and settings["calibration"] < 1:
+        raise ValueError("Output weighting needs calibration samples; give calibration >= 1.")
+    return settings
+
+
+def output_row_weights(sensitivity: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    """Each layer's output-row weights from its :func:`output_sensitivity`: the fourth root, scaled
+    to mean 1 and floored at 0.01 (``None`` for a layer the output does not depend on). Measured on
+    MiniLM at density 0.5, this softened weighting raised the mean cosine by 0.004, where the square
+    root (the unit's Jacobian row norm) lowered it."""
+    weights = {}
+    for name, s in sensitivity.items():
+        root = s.clamp_min(0) ** 0.25
+        weights[name] = (root / root.mean()).clamp_min(0.01) if root.any() else None
+    return weights
 
 
 def _layers_and_grams(model, forward, chosen: list[LayerInfo], batches, sequential: bool, damp: float):
@@ -118,15 +168,16 @@ def _layers_and_grams(model, forward, chosen: list[LayerInfo], batches, sequenti
         yield layer, grams[layer.name]
 
 
-def _compress_layer(model, layer: LayerInfo, method, density, gram, options):
+def _compress_layer(model, layer: LayerInfo, method, density, gram, row_weights, options):
     """Factorize one layer's weight, put the factorized module in its place, and report."""
     module = model.get_submodule(layer.name)
     matrix = weight_matrix(module)
+    given = dict(density=density, gram=gram, row_weights=row_weights, **options)
     if module.weight.ndim == 4:  # a conv kernel: the result keeps the kernel shape
-        result = factorize(module.weight.detach(), method, density=density, gram=gram, **options)
+        result = factorize(module.weight.detach(), method, **given)
         new = result.to_module(module.bias, stride=module.stride, padding=module.padding, dilation=module.dilation)
     else:
-        result = factorize(matrix, method, density=density, gram=gram, **options)
+        result = factorize(matrix, method, **given)
         new = result.to_module(module.bias)
     report = LayerReport(
         name=layer.name,

@@ -58,6 +58,18 @@ def test_compress_accepts_presets_and_options():
     assert json.loads(result.stdout)["options"] == {"n_rounds": 18, "refit_steps": 0}
 
 
+def test_compress_reports_its_settings_and_takes_them_from_flags():
+    base = ("compress", "digits-cnn", "--method", "dsf", "--density", "0.4", "--layers", "head", "--json")
+    default = json.loads(run(*base).stdout)["settings"]
+    assert default == {"calibration": 128, "sequential": True, "damp": 0.01, "output_weighting": False}
+    result = run(*base, "--independent", "--output-weighting", "--calibration", "32")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["settings"] == {"calibration": 32, "sequential": False, "damp": 0.01,
+                                                     "output_weighting": True}
+    both = run(*base, "--independent", "--sequential")
+    assert both.returncode != 0 and "not allowed with argument" in both.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -66,6 +78,7 @@ def test_compress_accepts_presets_and_options():
         (["compress", "digits-cnn", "--method", "svd", "--density", "0.5", "--layers", "nothing*"], "No factorizable layer"),
         (["compress", "digits-cnn", "--method", "dsf", "--density", "0.5", "--option", "bogus=1"], "Unknown option"),
         (["compress", "digits-cnn", "--method", "dsf", "--density", "0.5", "--preset", "slow"], "has no preset"),
+        (["compress", "digits-cnn", "--method", "tt", "--density", "0.5", "--output-weighting"], "cannot weigh"),
         (["evaluate", "/no/such/file.safetensors"], "error:"),
     ],
 )

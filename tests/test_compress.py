@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from _small_models import cnn_bundle, gpt2_bundle
-from dsf_core.calibration import collect_grams, sequential_groups
-from dsf_core.compress import compress_model
+from dsf_core.calibration import collect_grams, output_sensitivity, sequential_groups
+from dsf_core.checkpoint import read_manifest, save_compressed
+from dsf_core.compress import compress_model, output_row_weights
 from dsf_core.models import ModelBundle
 from dsf_core.layers import list_layers, select_layers, set_module, weight_matrix
 
@@ -193,3 +194,86 @@ def test_each_sequential_gram_is_the_one_of_the_model_with_the_earlier_layers_co
         factorization = result.factorizations[report.name]
         assert report.weighted_error == pytest.approx(factorization.error(weight_matrix(module), gram), rel=1e-5)
         set_module(model, report.name, factorization.to_module(module.bias))
+
+
+def _chain(first, second):
+    """A model applying ``first`` then ``second``, and its forward."""
+    model = torch.nn.Sequential(first, second)
+    return model, lambda m, batch: m(batch)
+
+
+def test_output_sensitivity_is_the_squared_jacobian_column_norm():
+    torch.manual_seed(0)
+    model, forward = _chain(torch.nn.Linear(6, 5, bias=False), torch.nn.Linear(5, 3, bias=False))
+    model[1].weight.requires_grad_(False)
+    batches = list(torch.randn(4000, 6).split(1000))
+    sensitivity = output_sensitivity(model, forward, batches, ["0", "1"])
+    # y = W2 (W1 x): unit i of the first layer moves y by W2[:, i]; the last layer's units by 1.
+    torch.testing.assert_close(sensitivity["0"], model[1].weight.pow(2).sum(0), rtol=0.1, atol=0)
+    torch.testing.assert_close(sensitivity["1"], torch.ones(3), rtol=0.1, atol=0)
+    assert not model[1].weight.requires_grad and all(p.grad is None for p in model.parameters())
+
+
+def test_output_sensitivity_of_conv_layers_is_per_output_channel():
+    torch.manual_seed(0)
+    model, forward = _chain(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.Conv2d(6, 4, 1))
+    sensitivity = output_sensitivity(model, forward, [torch.randn(16, 3, 16, 16)], ["0"])
+    expected = model[1].weight[:, :, 0, 0].pow(2).sum(0).detach()  # a 1x1 conv mixes channels per pixel
+    torch.testing.assert_close(sensitivity["0"], expected, rtol=0.1, atol=0)
+
+
+def test_output_sensitivity_of_an_unused_layer_is_zero_and_gradient_free_forwards_are_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2), torch.nn.Linear(4, 3))
+
+    def forward(m, batch):  # the third layer (a pooler, say) is never used
+        return m[1](m[0](batch))
+
+    assert torch.equal(output_sensitivity(model, forward, [torch.randn(8, 4)], ["2"])["2"], torch.zeros(3))
+    with pytest.raises(ValueError, match="without gradients"):
+        output_sensitivity(model, torch.no_grad()(forward), [torch.randn(8, 4)], ["0"])
+
+
+def test_output_row_weights_are_a_floored_fourth_root_of_mean_one():
+    weights = output_row_weights({"a": torch.tensor([16.0, 1.0, 0.0, 1e-12]), "b": torch.zeros(3)})
+    root = torch.tensor([2.0, 1.0, 0.0, 1e-3])
+    torch.testing.assert_close(weights["a"], (root / root.mean()).clamp_min(0.01))
+    assert weights["b"] is None
+
+
+def _recommending_bundle():
+    return dataclasses.replace(
+        cnn_bundle(), compress_defaults={"calibration": 32, "sequential": False, "output_weighting": True},
+        method_options={"dsf": {"n_rounds": 5}},
+    )
+
+
+def test_a_bundles_recommended_settings_apply_unless_given(tmp_path):
+    bundle = _recommending_bundle()
+    recommended = compress_model(bundle, "dsf", 0.4, evaluate=False)
+    assert recommended.settings == {"calibration": 32, "sequential": False, "damp": 0.01, "output_weighting": True}
+    assert recommended.options == {"n_rounds": 5}
+    assert all(f.info["row_weighted"] and f.options["n_rounds"] == 5 for f in recommended.factorizations.values())
+    path = tmp_path / "m.safetensors"
+    save_compressed(path, recommended, "small-cnn")
+    assert read_manifest(path)["settings"] == recommended.settings
+
+    given = compress_model(bundle, "dsf", 0.4, calibration=16, sequential=True, damp=0.1, output_weighting=False,
+                           n_rounds=3, evaluate=False)
+    assert given.settings == {"calibration": 16, "sequential": True, "damp": 0.1, "output_weighting": False}
+    assert not any(f.info["row_weighted"] for f in given.factorizations.values())
+    assert all(f.options["n_rounds"] == 3 for f in given.factorizations.values())
+    plain = compress_model(cnn_bundle(), "dsf", 0.4, evaluate=False)
+    assert plain.settings == {"calibration": 128, "sequential": True, "damp": 0.01, "output_weighting": False}
+
+
+def test_output_weighting_follows_what_the_method_can_do():
+    bundle = _recommending_bundle()
+    # The bundle's choice applies where the method reads Grams and its factors multiply.
+    assert not compress_model(bundle, "tt", 0.5, evaluate=False).settings["output_weighting"]
+    assert not compress_model(bundle, "palm4msa", 0.5, evaluate=False).settings["output_weighting"]
+    asked = compress_model(bundle, "palm4msa", 0.5, layers="fc*", output_weighting=True, evaluate=False)
+    assert all(f.info["row_weighted"] for f in asked.factorizations.values())
+    with pytest.raises(ValueError, match="cannot weigh output rows"):
+        compress_model(bundle, "tt", 0.5, output_weighting=True)
+    with pytest.raises(ValueError, match="needs calibration samples"):
+        compress_model(bundle, "magnitude", 0.5, calibration=0, output_weighting=True)

@@ -16,7 +16,9 @@ class ModelBundle:
     ``forward(model, batch)`` runs any model of this architecture (the original or a compressed
     copy) on one batch and returns its output tensor; ``evaluate(model)`` returns a dict holding at
     least ``metric_name`` (the headline number on the fixed evaluation set, or agreement with the
-    original model when there is no data set).
+    original model when there is no data set). ``compress_defaults`` (keywords of
+    :func:`dsf_core.compress.compress_model`) and ``method_options`` (per method) are the settings
+    this model compresses best with, used where the caller gives none.
     """
 
     name: str
@@ -30,3 +32,5 @@ class ModelBundle:
     description: str = ""
     source: str = ""  # where the weights came from (file path, directory, package)
     extras: dict = field(default_factory=dict)
+    compress_defaults: dict = field(default_factory=dict)
+    method_options: dict = field(default_factory=dict)
