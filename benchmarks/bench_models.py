@@ -44,13 +44,18 @@ def bench_model(name):
             file_bytes = save_compressed(os.path.join(folder, "m.safetensors"), result, name)
         flops = flops_per_sample(result.model, bundle.forward, batch, 8)
         results[method] = result
-        rows.append([method, f"{result.compressed_metric:.4f}", f"{result.dense_metric:.4f}",
+        settings = result.settings
+        calibration = (f"{settings['calibration']}, {'sequential' if settings['sequential'] else 'independent'}"
+                       f"{', row weights' if settings['output_weighting'] else ''}")
+        rows.append([method, calibration, f"{result.compressed_metric:.4f}", f"{result.dense_metric:.4f}",
                      result.n_params_compressed, result.n_params_dense, file_bytes, dense_bytes,
                      f"{file_bytes / dense_bytes:.0%}", flops, dense_flops, f"{result.seconds:.1f}"])
     print_table(f"{name}: all layers at density {density}, activation-aware where the method allows "
                 f"(metric: {bundle.metric_name}, {'higher' if bundle.higher_is_better else 'lower'} is better)",
-                ["method", "metric", "dense metric", "params", "dense params", "file bytes", "dense file bytes",
+                ["method", "calibration", "metric", "dense metric", "params", "dense params", "file bytes", "dense file bytes",
                  "file ratio", "FLOPs/sample", "dense FLOPs/sample", "seconds"], rows)
+    if bundle.method_options:
+        print(f"The model's recommended method options, used above: {bundle.method_options}")
     return bundle, results["dsf"]
 
 

@@ -1,10 +1,12 @@
 """The pretrained all-MiniLM-L6-v2 bundle: agreement metrics, calibration data, an independent oracle."""
 
 import copy
+import difflib
 
 import pytest
 import torch
 
+from dsf_core.compress import compress_model
 from dsf_core.models import load_builtin
 from dsf_core.models.minilm import read_sentences
 
@@ -64,7 +66,7 @@ def test_paraphrases_are_nearest_neighbours(bundle):
 
 
 def test_calibration_batches_hold_little_padding(bundle):
-    masks = [batch["attention_mask"] for batch in bundle.calibration_inputs(200)]
+    masks = [batch["attention_mask"] for batch in bundle.calibration_inputs(600)]
     padding = sum(int((m == 0).sum()) for m in masks) / sum(m.numel() for m in masks)
     assert padding < 0.1  # unsorted batches of 64 were 27% padding
 
@@ -74,7 +76,17 @@ def test_calibration_inputs(bundle):
     assert sum(len(b["input_ids"]) for b in batches) == 70
     embeddings = bundle.forward(bundle.model, batches[0])
     torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(len(embeddings)))
-    assert not set(read_sentences("minilm_calibration.txt")) & set(bundle.extras["sentences"])
-    for n in (0, 201, 2.5):
-        with pytest.raises(ValueError, match=r"'n' parameter must be an int in the range \[1, 200\]"):
+    calibration = read_sentences("minilm_calibration.txt")
+    assert len(set(calibration)) == len(calibration) == 600
+    evaluation = [s.lower() for s in bundle.extras["sentences"]]
+    assert not [s for s in calibration if difflib.get_close_matches(s.lower(), evaluation, n=1, cutoff=0.7)]
+    for n in (0, 601, 2.5):
+        with pytest.raises(ValueError, match=r"'n' parameter must be an int in the range \[1, 600\]"):
             bundle.calibration_inputs(n)
+
+
+def test_recommended_settings_run(bundle):
+    result = compress_model(bundle, "dsf", 0.5, layers="encoder.layer.5.output.dense", calibration=64, evaluate=False)
+    assert result.settings == {"calibration": 64, "sequential": False, "damp": 0.01, "output_weighting": True}
+    factorization = result.factorizations["encoder.layer.5.output.dense"]
+    assert factorization.info["row_weighted"] and factorization.options["n_rounds"] == 48
