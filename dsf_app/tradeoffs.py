@@ -38,6 +38,7 @@ class Settings:
     layers: tuple[str, ...] = ()  # layer names; empty: every factorizable layer
     calibration: int = 64  # calibration samples; 0: data-free
     sequential: bool = False  # Grams collected on the partly compressed model (slower)
+    output_weighting: bool = False  # rows weighted by how much they move the model's output
     quick: bool = True  # the method's "quick" preset
 
     @property
@@ -119,7 +120,7 @@ def compress(bundle: ModelBundle, settings: Settings, model_spec: str, folder: s
         chosen = select_layers(bundle.model, settings.pattern)
         result = compress_model(
             bundle, settings.method, settings.density, layers=settings.pattern, calibration=settings.calibration,
-            sequential=settings.sequential, evaluate=False, callback=callback,
+            sequential=settings.sequential, output_weighting=settings.output_weighting, evaluate=False, callback=callback,
             **method_settings.options(settings.method, settings.quick),
         )
         metrics = {k: float(v) for k, v in bundle.evaluate(result.model).items()}
@@ -190,14 +191,14 @@ def download_name(run: Run, model_label: str) -> str:
 
 
 def cli_args(settings: Settings, model_spec: str, out: str = CLI_OUT) -> list[str]:
-    """The arguments of ``python -m dsf_core`` that run ``settings``; ``--calibration`` is always
-    written, as the app's default differs from the CLI's."""
+    """The arguments of ``python -m dsf_core`` that run ``settings``; the calibration settings are
+    always written, as the app's defaults differ from the CLI's (which follow the model's)."""
     args = ["compress", model_spec, "--method", settings.method, "--density", format(settings.density, "g")]
     if settings.layers:
         args += ["--layers", settings.pattern]
     args += ["--calibration", str(settings.calibration)]
-    if not settings.sequential:
-        args.append("--independent")
+    args.append("--sequential" if settings.sequential else "--independent")
+    args.append("--output-weighting" if settings.output_weighting else "--no-output-weighting")
     if settings.preset:
         args += ["--preset", settings.preset]
     return args + ["--out", out]
@@ -230,7 +231,8 @@ def runs_table(runs: Sequence[Run], metric_name: str) -> pd.DataFrame:
 def _calibration_text(settings: Settings) -> str:
     if settings.calibration == 0 or not method_settings.reads_gram(settings.method):
         return "data-free"
-    return f"{settings.calibration} samples, " + ("sequential" if settings.sequential else "independent")
+    text = f"{settings.calibration} samples, " + ("sequential" if settings.sequential else "independent")
+    return text + (", row weights" if settings.output_weighting else "")
 
 
 def _status(run: Run) -> str:

@@ -43,12 +43,19 @@ sequential = right.checkbox(
     help="Later layers then see (and correct for) earlier layers' errors, at the cost of one pass over the "
     "calibration samples per layer; otherwise one pass over the original model collects every Gram.",
 )
+weighs_rows = calibration > 0 and METHODS[method].row_weights
+output_weighting = right.checkbox(
+    "Output weighting", value=bundle.compress_defaults.get("output_weighting", False),
+    persist_state="session", key="trade_output_weighting", disabled=not weighs_rows,
+    help="Weigh each layer's output rows by how much they move the model's output (one backward pass per "
+    "calibration batch). Recommended for some models (minilm); measured slightly worse on others.",
+) and weighs_rows
 quick = right.toggle("Quick presets", value=True, persist_state="session", key="trade_quick")
 if not reads_gram:
     why = "no calibration samples." if calibration == 0 else "it reads no Gram."
     st.caption(f"{method} works data-free here: {why}")
 chosen_layers = tuple(picked) if len(picked) < len(names) else ()
-settings = tradeoffs.Settings(method, density, chosen_layers, calibration, sequential, quick)
+settings = tradeoffs.Settings(method, density, chosen_layers, calibration, sequential, output_weighting, quick)
 NOT_REPLAYABLE = (
     "The command line takes built-in models, Hugging Face directories and TorchScript files; this model "
     "(a state dict with its architecture) loads from Python: `dsf_core.models.loaders.load_torchvision`, "

@@ -61,8 +61,9 @@ def test_a_run_shows_the_metric_of_compress_model_and_downloads_its_checkpoint(b
     assert bundle.evaluate(load_compressed(path, bundle.model))["accuracy"] == pytest.approx(expected)
     command = at.code[-1].value.splitlines()[0]
     args = _parser().parse_args(shlex.split(command)[3:])
-    assert (args.model, args.method, args.density, args.layers, args.calibration, args.independent) == (
-        "digits-cnn", "svd", 0.3, "fc,head", 64, True)
+    assert (args.model, args.method, args.density, args.layers, args.calibration, args.sequential) == (
+        "digits-cnn", "svd", 0.3, "fc,head", 64, False)
+    assert args.output_weighting is False
     assert same_state(before, cached_model_state())
 
 
@@ -120,3 +121,14 @@ def test_bad_inputs_are_plain_messages():
     at.selectbox(key="trade_method").set_value("magnitude").run()
     click_and_wait(at, "trade_run", "trade_job")
     assert not problems(at) and list(at.dataframe[0].value["method"]) == ["magnitude"]
+
+
+def test_output_weighting_is_offered_where_the_method_can_weigh_rows():
+    at = open_with_fast_settings("dsf")
+    box = at.checkbox(key="trade_output_weighting")
+    assert not box.value and not box.disabled  # digits-cnn does not recommend it
+    box.check().run()
+    assert "--output-weighting" in shlex.split(at.code[-1].value.splitlines()[0])
+    at.selectbox(key="trade_method").set_value("tt").run()
+    assert at.checkbox(key="trade_output_weighting").disabled
+    assert "--no-output-weighting" in shlex.split(at.code[-1].value.splitlines()[0])

@@ -11,7 +11,7 @@ import torch
 from dsf_app import tradeoffs
 from dsf_app.tradeoffs import Run, RunFailed, Settings
 from dsf_core import METHODS
-from dsf_core.checkpoint import load_compressed
+from dsf_core.checkpoint import load_compressed, read_manifest
 from dsf_core.cli import _options, _parser
 from dsf_core.compress import LayerReport, compress_model
 from dsf_core.models import load_builtin
@@ -97,6 +97,7 @@ def test_keep_numbers_runs_and_deletes_the_files_of_dropped_ones(tmp_path):
     FAST,
     Settings("dsf", 0.25, (), calibration=0, sequential=False, quick=True),
     Settings("palm4msa", 0.125, ("convs.*",), calibration=128, sequential=True, quick=False),
+    Settings("dsf", 0.5, ("head",), calibration=32, output_weighting=True),
 ])
 def test_cli_command_is_valid_for_the_cli_parser(settings):
     words = shlex.split(tradeoffs.cli_command(settings, "digits-cnn"))
@@ -104,7 +105,8 @@ def test_cli_command_is_valid_for_the_cli_parser(settings):
     args = _parser().parse_args(words[3:])
     assert (args.model, args.method, args.density) == ("digits-cnn", settings.method, settings.density)
     assert args.layers == settings.pattern and args.calibration == settings.calibration
-    assert args.independent is not settings.sequential and args.out == "compressed.safetensors"
+    assert args.sequential is settings.sequential and args.output_weighting is settings.output_weighting
+    assert args.out == "compressed.safetensors"
     assert _options(args) == (METHODS[settings.method].presets.get("quick", {}) if settings.quick else {})
 
 
@@ -139,3 +141,10 @@ def test_other_failures_are_said_without_blaming_a_layer(bundle, tmp_path):
     broken = dataclasses.replace(bundle, calibration_inputs=no_data)
     with pytest.raises(RunFailed, match=r"^dsf at density 0.30, failed: no calibration data in this file$"):
         tradeoffs.compress(broken, Settings("dsf", 0.3, ("head",)), "digits-cnn", str(tmp_path))
+
+
+def test_output_weighting_reaches_compress_model(bundle, tmp_path):
+    settings = Settings("dsf", 0.5, ("head",), calibration=32, output_weighting=True)
+    run = tradeoffs.compress(bundle, settings, "digits-cnn", str(tmp_path))
+    assert read_manifest(run.checkpoint)["settings"]["output_weighting"] is True
+    assert tradeoffs.runs_table([run], "accuracy")["calibration"][0] == "32 samples, independent, row weights"
