@@ -137,8 +137,9 @@ def output_sensitivity(model, forward, batches, names, *, seed: int = 0) -> dict
     """How much each output unit of each named layer moves the model's output: the mean, over the
     positions the layer computes (tokens; conv: pixels), of the squared gradient of a random
     projection ``<r, forward(model, batch)>`` (``r`` standard normal, drawn per batch) with respect
-    to the unit (zero for a layer the output does not depend on). Its expectation is the squared norm of the unit's row of the output Jacobian.
-    One forward and backward pass per batch; parameters get no ``.grad``."""
+    to the unit; its expectation is the squared norm of the unit's column of the output Jacobian.
+    Zeros for a layer the output does not depend on. One forward and backward pass per batch;
+    parameters get no ``.grad``."""
     generator = torch.Generator().manual_seed(seed)
     modules = {name: model.get_submodule(name) for name in names}
     sums = dict.fromkeys(names, 0.0)
@@ -174,7 +175,5 @@ def output_sensitivity(model, forward, batches, names, *, seed: int = 0) -> dict
             parameter.requires_grad_(False)
         for handle in handles:
             handle.remove()
-    return {
-        name: (sums[name] / positions[name]).float() if positions[name] else torch.zeros(weight_matrix(modules[name]).shape[0])
-        for name in names
-    }
+    unused = {name: torch.zeros(weight_matrix(modules[name]).shape[0]) for name in names if not positions[name]}
+    return {name: unused[name] if name in unused else (sums[name] / positions[name]).float() for name in names}

@@ -277,3 +277,5 @@ def test_output_weighting_follows_what_the_method_can_do():
         compress_model(bundle, "tt", 0.5, output_weighting=True)
     with pytest.raises(ValueError, match="needs calibration samples"):
         compress_model(bundle, "magnitude", 0.5, calibration=0, output_weighting=True)
+    with pytest.raises(ValueError, match=r"unknown compress settings \['calibraton'\]"):
+        compress_model(dataclasses.replace(bundle, compress_defaults={"calibraton": 8}), "svd", 0.5)
