@@ -127,7 +127,7 @@ def _compress(args) -> int:
     print()
     for key in ("options", "settings", "metric_name", "dense_metric", "compressed_metric", "n_params_dense", "n_params_compressed",
                 "file_bytes", "dense_file_bytes", "flops_per_sample", "dense_flops_per_sample", "seconds", "out"):
-        print(f"{key:20s} {_cell(summary[key])}")
+        print(f"{key:22s} {_cell(summary[key])}")
     return 0
 
 
