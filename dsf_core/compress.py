@@ -125,19 +125,19 @@ def _settings(bundle: ModelBundle, spec, calibration, sequential, damp, output_w
     if unknown:
         raise ValueError(f"Model {bundle.name!r} recommends unknown compress settings {unknown}; expected some of {list(defaults)}.")
     defaults.update(bundle.compress_defaults)
-    if output_weighting is None:  # the bundle's choice, where the method can follow it
-        output_weighting = defaults["output_weighting"] and spec.row_weights and spec.uses_gram != "no"
+    calibration = defaults["calibration"] if calibration is None else calibration
+    if output_weighting is None:  # the bundle's choice, where the method and the data allow it
+        output_weighting = defaults["output_weighting"] and spec.row_weights and spec.uses_gram != "no" and calibration > 0
     elif output_weighting and not spec.row_weights:
         raise ValueError(f"Method {spec.name!r} cannot weigh output rows (its factors are not a plain product).")
-    settings = {
-        "calibration": defaults["calibration"] if calibration is None else calibration,
+    elif output_weighting and calibration < 1:
+        raise ValueError("Output weighting needs calibration samples; give calibration >= 1.")
+    return {
+        "calibration": calibration,
         "sequential": defaults["sequential"] if sequential is None else sequential,
         "damp": defaults["damp"] if damp is None else damp,
         "output_weighting": bool(output_weighting),
     }
-    if settings["output_weighting"] and settings["calibration"] < 1:
-        raise ValueError("Output weighting needs calibration samples; give calibration >= 1.")
-    return settings
 
 
 def output_row_weights(sensitivity: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:

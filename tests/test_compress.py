@@ -271,6 +271,7 @@ def test_output_weighting_follows_what_the_method_can_do():
     # The bundle's choice applies where the method reads Grams and its factors multiply.
     assert not compress_model(bundle, "tt", 0.5, evaluate=False).settings["output_weighting"]
     assert not compress_model(bundle, "palm4msa", 0.5, evaluate=False).settings["output_weighting"]
+    assert not compress_model(bundle, "svd", 0.5, calibration=0, evaluate=False).settings["output_weighting"]
     asked = compress_model(bundle, "palm4msa", 0.5, layers="fc*", output_weighting=True, evaluate=False)
     assert all(f.info["row_weighted"] for f in asked.factorizations.values())
     with pytest.raises(ValueError, match="cannot weigh output rows"):
