@@ -81,7 +81,8 @@ def compress_model(
     output (:func:`output_row_weights`, one backward pass per calibration batch).
     Settings left ``None`` take the bundle's ``compress_defaults``, then 128 samples, sequential,
     damp 0.01 and no output weighting; the bundle's ``method_options`` lie under ``options``
-    (the bundle's output weighting applies to the methods that read Grams and take row weights).
+    (the bundle's output weighting applies where the method reads Grams and takes row weights,
+    and there are calibration samples).
     ``callback(done, total, report)`` is called after each layer; returning ``False`` stops
     (the result then holds the layers done so far).
     """
