@@ -12,7 +12,8 @@ GRAM_DAMPING = 0.01  # activation-aware fits add 1% of the Gram's mean diagonal 
 
 def options(method: str, quick: bool) -> dict:
     """The options a run passes to ``factorize``: the method's "quick" preset when ``quick`` (none
-    if it has no preset), else none, so the method uses its defaults."""
+    if it has no preset), else none, so the method uses its defaults (whole-model compression:
+    the model's recommended options, if it has any)."""
     return dict(METHODS[method].presets.get("quick", {})) if quick else {}
 
 

@@ -39,7 +39,7 @@ def factorize(
 
     ``weight`` is 2-D (``out x in``) or a 4-D conv kernel (read as ``out x in*kh*kw``); ``gram`` is
     an optional ``in x in`` input Gram matrix for activation-aware methods; ``row_weights`` (``out``
-    positive numbers, for methods whose factors multiply: all but tt) weigh the output rows in the
+    positive numbers; ``METHODS[method].takes_row_weights``: all but tt and wanda) weigh the output rows in the
     objective: the method approximates ``diag(row_weights) W`` and the first factor's rows are
     divided back, so the supports follow the weighted objective; ``callback(step,
     objective)`` is called during the work and may return ``False`` to stop early. Method options
@@ -60,8 +60,8 @@ def factorize(
     if gram is not None and spec.uses_gram == "no":
         warnings.warn(f"Method {method!r} does not use gram; it is ignored.", UserWarning, stacklevel=2)
         gram = None
-    if row_weights is not None and not spec.row_weights:
-        raise ValueError(f"Method {method!r} does not take row_weights (its factors are not a plain product).")
+    if row_weights is not None and not spec.takes_row_weights:
+        raise ValueError(f"Method {method!r} does not take row_weights.")
 
     dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
     work = matrix.to(device=device, dtype=dtype, copy=True)
@@ -96,6 +96,8 @@ def factorize(
 
     factors = list(fit.factors)
     factors[0] = factors[0] * peak if rows is None else factors[0] * peak / rows
+    if rows is not None and len(factors) == 1:  # pruning: the kept weights are W's own, bit for bit
+        factors[0] = torch.where(factors[0] != 0, matrix.to(factors[0]), 0)
     result = Factorization(
         method=method,
         options=resolved,

@@ -72,7 +72,7 @@ class MethodSpec:
     # Named option sets, e.g. "quick": about 1 s on a 512 x 512 matrix on 2 CPU cores, for live
     # previews; the defaults are the papers' quality settings.
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    row_weights: bool = True  # takes output-row weights (its factors multiply to W)
+    takes_row_weights: bool = True  # factorize(row_weights=) can move its budget between rows
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict:
         """Defaults overlaid with the given options, each checked."""
@@ -227,7 +227,7 @@ _SPECS = [
             ),
         },
         tt.fit,
-        row_weights=False,
+        takes_row_weights=False,
     ),
     MethodSpec(
         "magnitude",
@@ -243,6 +243,7 @@ _SPECS = [
         "optional",
         {},
         pruning.fit_wanda,
+        takes_row_weights=False,  # a fixed share of every row: row weights cannot move it
     ),
 ]
 

@@ -12,6 +12,7 @@ def check_weight(weight) -> torch.Tensor:
     """Return ``weight`` read as an ``out x in`` matrix (a 4-D conv kernel is flattened)."""
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor; got {type(weight).__name__} instead.")
+    weight = weight.detach()
     if weight.is_sparse or weight.layout != torch.strided:
         raise TypeError(f"weight must be a dense (strided) tensor; got layout {weight.layout}.")
     if not weight.is_floating_point():
@@ -34,6 +35,7 @@ def check_row_weights(weights, m: int) -> torch.Tensor | None:
         return None
     if not isinstance(weights, torch.Tensor) or not weights.is_floating_point():
         raise TypeError(f"row_weights must be a floating-point torch.Tensor or None; got {weights!r:.60}.")
+    weights = weights.detach()
     if tuple(weights.shape) != (m,):
         raise ValueError(f"row_weights must hold {m} numbers (one per output row); got shape {tuple(weights.shape)}.")
     if not bool(torch.isfinite(weights).all()) or float(weights.min()) <= 0:
@@ -47,6 +49,7 @@ def check_gram(gram, n: int) -> torch.Tensor | None:
         return None
     if not isinstance(gram, torch.Tensor):
         raise TypeError(f"gram must be a torch.Tensor or None; got {type(gram).__name__} instead.")
+    gram = gram.detach()
     if not gram.is_floating_point():
         raise TypeError(f"gram must have a floating-point dtype; got {gram.dtype}.")
     if tuple(gram.shape) != (n, n):

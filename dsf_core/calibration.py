@@ -145,10 +145,12 @@ def output_sensitivity(model, forward, batches, names, *, seed: int = 0) -> dict
     sums = dict.fromkeys(names, 0.0)
     positions = dict.fromkeys(names, 0)
     outputs: list[tuple[str, torch.Tensor]] = []
-    handles = [
-        module.register_forward_hook(lambda module, args, out, name=name: outputs.append((name, out)))
-        for name, module in modules.items()
-    ]
+
+    def record(module, args, out, name):
+        outputs.append((name, out))
+        return out.clone()  # what follows gets a copy: an in-place activation must not change ``out``
+
+    handles = [module.register_forward_hook(partial(record, name=name)) for name, module in modules.items()]
     needed = [p for m in modules.values() for p in m.parameters(recurse=False) if not p.requires_grad]
     try:
         for parameter in needed:  # so that the layers' outputs carry gradients
@@ -157,9 +159,9 @@ def output_sensitivity(model, forward, batches, names, *, seed: int = 0) -> dict
             for batch in batches:
                 outputs.clear()
                 out = forward(model, batch)
-                if not out.requires_grad:
+                if not all(o.requires_grad for _, o in outputs):
                     raise ValueError("The model's forward runs without gradients; output weighting needs them.")
-                if not outputs:  # the named layers never ran
+                if not outputs or not out.requires_grad:  # the output depends on none of the layers
                     continue
                 r = torch.randn(out.shape, generator=generator).to(out)
                 grads = torch.autograd.grad((out * r).sum(), [o for _, o in outputs], allow_unused=True)

@@ -80,24 +80,27 @@ def compress_model(
     ``output_weighting`` also weighs each layer's output rows by how much they move the model's
     output (:func:`output_row_weights`, one backward pass per calibration batch).
     Settings left ``None`` take the bundle's ``compress_defaults``, then 128 samples, sequential,
-    damp 0.01 and no output weighting; the bundle's ``method_options`` lie under ``options``
-    (the bundle's output weighting applies where the method reads Grams and takes row weights,
-    and there are calibration samples).
+    damp 0.01 and no output weighting (the bundle's output weighting applies where the method reads
+    Grams and takes row weights, and there are calibration samples); the bundle's
+    ``method_options`` for ``method`` are used when no option is given (a preset replaces them).
+    Output sensitivities are measured once, before any layer is compressed.
     ``callback(done, total, report)`` is called after each layer; returning ``False`` stops
     (the result then holds the layers done so far).
     """
     spec = get_method(method)
     settings = _settings(bundle, spec, calibration, sequential, damp, output_weighting)
-    options = {**bundle.method_options.get(method, {}), **options}
+    options = options or dict(bundle.method_options.get(method, {}))
     start = time.perf_counter()
     model = copy.deepcopy(bundle.model).eval()
     chosen = select_layers(model, layers)
     use_data = settings["calibration"] > 0 and (spec.uses_gram != "no" or settings["output_weighting"])
     batches = bundle.calibration_inputs(settings["calibration"]) if use_data else []
+    if not use_data:  # the run reads no calibration data: say so
+        settings.update(calibration=0, output_weighting=False)
     names = [layer.name for layer in chosen]
     row_weights = dict.fromkeys(names)
     if settings["output_weighting"]:
-        row_weights = output_row_weights(output_sensitivity(bundle.model, bundle.forward, batches, names))
+        row_weights = output_row_weights(output_sensitivity(model, bundle.forward, batches, names))
     grams = _layers_and_grams(
         model, bundle.forward, chosen, batches if spec.uses_gram != "no" else [], settings["sequential"], settings["damp"]
     )
@@ -128,9 +131,9 @@ def _settings(bundle: ModelBundle, spec, calibration, sequential, damp, output_w
     defaults.update(bundle.compress_defaults)
     calibration = defaults["calibration"] if calibration is None else calibration
     if output_weighting is None:  # the bundle's choice, where the method and the data allow it
-        output_weighting = defaults["output_weighting"] and spec.row_weights and spec.uses_gram != "no" and calibration > 0
-    elif output_weighting and not spec.row_weights:
-        raise ValueError(f"Method {spec.name!r} cannot weigh output rows (its factors are not a plain product).")
+        output_weighting = defaults["output_weighting"] and spec.takes_row_weights and spec.uses_gram != "no" and calibration > 0
+    elif output_weighting and not spec.takes_row_weights:
+        raise ValueError(f"Method {spec.name!r} cannot weigh output rows (it does not take row weights).")
     elif output_weighting and calibration < 1:
         raise ValueError("Output weighting needs calibration samples; give calibration >= 1.")
     return {

@@ -43,7 +43,7 @@ sequential = right.checkbox(
     help="Later layers then see (and correct for) earlier layers' errors, at the cost of one pass over the "
     "calibration samples per layer; otherwise one pass over the original model collects every Gram.",
 )
-weighs_rows = calibration > 0 and METHODS[method].row_weights
+weighs_rows = reads_gram and METHODS[method].takes_row_weights
 output_weighting = right.checkbox(
     "Output weighting", value=bundle.compress_defaults.get("output_weighting", False),
     persist_state="session", key="trade_output_weighting", disabled=not weighs_rows,

@@ -212,6 +212,7 @@ BAD_INPUTS = [
     (dict(row_weights=torch.full((24,), float("inf"))), ValueError, "row_weights must be finite and positive"),
     (dict(row_weights=torch.ones(24, dtype=torch.int64)), TypeError, "row_weights must be a floating-point"),
     (dict(method="tt", row_weights=torch.ones(24)), ValueError, "does not take row_weights"),
+    (dict(method="wanda", row_weights=torch.ones(24)), ValueError, "does not take row_weights"),
 ]
 
 
@@ -257,16 +258,24 @@ def test_row_weighted_svd_is_the_weighted_eckart_young_optimum():
     assert result.info["row_weighted"] and not factorize(W, "svd", density=0.5).info["row_weighted"]
 
 
-def test_row_weighted_magnitude_keeps_the_largest_weighted_entries():
+def test_row_weighted_magnitude_keeps_the_largest_weighted_entries_exactly():
     W, d = _matrix(), _row_weights()
-    kept = factorize(W, "magnitude", density=0.25, row_weights=d).to_matrix() != 0
+    pruned = factorize(W, "magnitude", density=0.25, row_weights=d).to_matrix()
+    kept = pruned != 0
     weighted = (d[:, None] * W).abs()
     assert kept.sum() == int(0.25 * W.numel())
     assert weighted[kept].min() >= weighted[~kept].max()
+    assert torch.equal(pruned[kept], W[kept])  # W's own values, bit for bit
 
 
-# Wanda keeps a fixed share of every row: row weights cannot move its budget between rows.
-@pytest.mark.parametrize("method", [m for m in ALL if METHODS[m].row_weights and m != "wanda"])
+def test_inputs_that_require_grad_give_plain_results():
+    W, d, G = _matrix().requires_grad_(), _row_weights().requires_grad_(), _gram(32).requires_grad_()
+    for method in ("dsf", "svd", "magnitude"):
+        result = factorize(W, method, density=0.5, gram=G, row_weights=d)
+        assert not any(f.requires_grad for f in result.factors)
+
+
+@pytest.mark.parametrize("method", [m for m in ALL if METHODS[m].takes_row_weights])
 def test_row_weights_move_the_error_to_the_light_rows(method):
     W = _matrix(48, 32)
     d = torch.ones(48)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import dsf_core
 from _small_models import cnn_bundle, gpt2_bundle
 from dsf_core.calibration import collect_grams, output_sensitivity, sequential_groups
 from dsf_core.checkpoint import read_manifest, save_compressed
@@ -233,11 +234,31 @@ def test_output_sensitivity_of_an_unused_layer_is_zero_and_gradient_free_forward
         output_sensitivity(model, torch.no_grad()(forward), [torch.randn(8, 4)], ["0"])
 
 
-def test_output_row_weights_are_a_floored_fourth_root_of_mean_one():
-    weights = output_row_weights({"a": torch.tensor([16.0, 1.0, 0.0, 1e-12]), "b": torch.zeros(3)})
-    root = torch.tensor([2.0, 1.0, 0.0, 1e-3])
-    torch.testing.assert_close(weights["a"], (root / root.mean()).clamp_min(0.01))
-    assert weights["b"] is None
+def test_output_sensitivity_is_not_changed_by_in_place_activations():
+    torch.manual_seed(0)
+    batches = [torch.randn(2000, 6)]
+    plain = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    in_place = copy.deepcopy(plain)
+    in_place[1] = torch.nn.ReLU(inplace=True)
+    forward = lambda m, batch: m(batch)  # noqa: E731
+    torch.testing.assert_close(output_sensitivity(in_place, forward, batches, ["0"]),
+                               output_sensitivity(plain, forward, batches, ["0"]))
+
+
+def test_output_sensitivity_of_a_frozen_model_with_only_unused_layers_is_zero():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2), torch.nn.Linear(4, 3))
+    model.requires_grad_(False)
+    forward = lambda m, batch: m[1](m[0](batch))  # noqa: E731
+    assert torch.equal(output_sensitivity(model, forward, [torch.randn(8, 4)], ["2"])["2"], torch.zeros(3))
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_output_row_weights_keep_the_order_soften_the_spread_and_average_one():
+    weights = output_row_weights({"a": torch.tensor([16.0, 1.0, 0.0, 1e-12]), "b": torch.zeros(3)})["a"]
+    assert weights.mean() == pytest.approx(1.0, abs=0.01)
+    assert weights[0] / weights[1] == pytest.approx(2.0)  # 16x the sensitivity: 2x the weight
+    assert weights[2] == weights[3] == pytest.approx(0.01)  # floored: no row is ignored outright
+    assert output_row_weights({"b": torch.zeros(3)})["b"] is None
 
 
 def _recommending_bundle():
@@ -264,6 +285,19 @@ def test_a_bundles_recommended_settings_apply_unless_given(tmp_path):
     assert all(f.options["n_rounds"] == 3 for f in given.factorizations.values())
     plain = compress_model(cnn_bundle(), "dsf", 0.4, evaluate=False)
     assert plain.settings == {"calibration": 128, "sequential": True, "damp": 0.01, "output_weighting": False}
+    quick = dsf_core.METHODS["dsf"].presets["quick"]
+    assert compress_model(bundle, "dsf", 0.4, evaluate=False, **quick).options == quick  # a preset replaces them
+    assert compress_model(bundle, "tt", 0.5, evaluate=False).settings["calibration"] == 0  # reads no data
+
+
+def test_output_weighting_leaves_the_original_model_as_it_was():
+    bundle = _recommending_bundle()
+    bundle.model.requires_grad_(False)
+    before = copy.deepcopy(bundle.model.state_dict())
+    compress_model(bundle, "svd", 0.5, evaluate=False)
+    assert not any(p.requires_grad or p.grad is not None for p in bundle.model.parameters())
+    assert not any(m._forward_hooks for m in bundle.model.modules())
+    assert all(torch.equal(value, before[key]) for key, value in bundle.model.state_dict().items())
 
 
 def test_output_weighting_follows_what_the_method_can_do():
