@@ -95,8 +95,8 @@ def compress_model(
     chosen = select_layers(model, layers)
     use_data = settings["calibration"] > 0 and (spec.uses_gram != "no" or settings["output_weighting"])
     batches = bundle.calibration_inputs(settings["calibration"]) if use_data else []
-    if not use_data:  # the run reads no calibration data: say so
-        settings.update(calibration=0, output_weighting=False)
+    if not use_data:  # the run reads no calibration data (output weighting is then off already): say so
+        settings["calibration"] = 0
     names = [layer.name for layer in chosen]
     row_weights = dict.fromkeys(names)
     if settings["output_weighting"]:
