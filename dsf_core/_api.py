@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 
@@ -11,6 +10,8 @@ import torch
 from . import plan
 from ._registry import get_method
 from ._result import Factorization
+from ._scaling import times_power_of_two, to_unit_scale
+from .limits import check_bytes
 from ._validation import (
     check_callback,
     check_density,
@@ -62,20 +63,21 @@ def factorize(
         gram = None
     if row_weights is not None and not spec.takes_row_weights:
         raise ValueError(f"Method {method!r} does not take row_weights.")
-
     dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
-    work = matrix.to(device=device, dtype=dtype, copy=True)
-    rows = None if row_weights is None else row_weights.to(device=device, dtype=dtype)[:, None]
-    if rows is not None:
-        work *= rows
-    work_gram = None if gram is None else gram.to(device=device, dtype=dtype, copy=True)
+    _check_work_size(spec, tuple(matrix.shape), resolved, gram is not None, dtype)
+
     # Every method is equivariant to the weight's scale and invariant to the Gram's: solve at unit
     # scale, so that no input can overflow or underflow inside a solver, and scale back at the end.
-    # Powers of two keep the scaling exact (pruned weights keep their values bit for bit).
-    peak = _power_of_two_near(float(work.abs().max()))
-    work /= peak
-    if work_gram is not None:
-        work_gram /= _power_of_two_near(float(work_gram.diagonal().max()))
+    # Powers of two keep the scaling exact (pruned weights keep their values bit for bit), and they
+    # are applied in half steps, so that no factor overflows even for weights near the dtype's limit.
+    work, exponent = to_unit_scale(matrix.to(device=device, dtype=dtype))
+    rows = None
+    if row_weights is not None:  # normalised to at most 1, so that weighing cannot overflow
+        rows = row_weights.to(device=device, dtype=torch.float64)
+        rows = (rows / rows.max()).to(dtype)[:, None]
+        work, extra = to_unit_scale(work * rows)
+        exponent += extra
+    work_gram = None if gram is None else to_unit_scale(gram.to(device=device))[0].to(dtype)
     m, n = work.shape
     budget = plan.budget((m, n), density)
     if budget < 1:
@@ -95,9 +97,15 @@ def factorize(
     seconds = time.perf_counter() - start
 
     factors = list(fit.factors)
-    factors[0] = factors[0] * peak if rows is None else factors[0] * peak / rows
-    if rows is not None and len(factors) == 1:  # pruning: the kept weights are W's own, bit for bit
-        factors[0] = torch.where(factors[0] != 0, matrix.to(factors[0]), 0)
+    factors[0] = times_power_of_two(factors[0], exponent)
+    if rows is not None:
+        factors[0] = factors[0] / rows
+        if len(factors) == 1:  # pruning: the kept weights are W's own, bit for bit
+            factors[0] = torch.where(factors[0] != 0, matrix.to(factors[0]), 0)
+    if not all(bool(torch.isfinite(f).all()) for f in factors):
+        raise ValueError(
+            f"The {method!r} approximation does not fit in {dtype} (its values overflow); pass the weight as float64."
+        )
     result = Factorization(
         method=method,
         options=resolved,
@@ -116,6 +124,11 @@ def factorize(
     return result
 
 
-def _power_of_two_near(value: float) -> float:
-    """A power of two in ``(value, 2 * value]`` (1 for 0)."""
-    return math.ldexp(1.0, math.frexp(value)[1]) if value > 0 else 1.0
+def _check_work_size(spec, shape, options: dict, has_gram: bool, dtype) -> None:
+    """Size options within the weight's sides, and the estimated working memory within
+    ``DSF_MAX_WORK_BYTES``: checked before anything is allocated."""
+    for name, option in spec.options.items():
+        option.check_size(spec.name, name, options[name], shape)
+    elements = spec.work_elements(*shape, options, has_gram)
+    item = torch.empty((), dtype=dtype).element_size()
+    check_bytes(elements * item, "DSF_MAX_WORK_BYTES", f"Method {spec.name!r} on a {shape[0]} x {shape[1]} weight (estimated)")

@@ -22,6 +22,7 @@ class Option:
     choices: tuple | None = None
     low_open: bool = False
     high_open: bool = False
+    at_most_largest_side: bool = False  # a size that must not exceed max(m, n) of the weight
 
     def check(self, method: str, name: str, value):
         """Return ``value`` converted to ``kind``; raise TypeError/ValueError if it does not fit."""
@@ -52,6 +53,14 @@ class Option:
             )
         return value
 
+    def check_size(self, method: str, name: str, value, shape) -> None:
+        """Raise ValueError when a size option is larger than the weight's larger side."""
+        if self.at_most_largest_side and value is not None and value > max(shape):
+            raise ValueError(
+                f"Option {name!r} of method {method!r} must be at most the weight's larger side "
+                f"{max(shape)} (shape {shape[0]} x {shape[1]}); got {value} instead."
+            )
+
     def range_text(self) -> str:
         left = "(" if self.low_open or self.low is None else "["
         right = ")" if self.high_open or self.high is None else "]"
@@ -73,6 +82,10 @@ class MethodSpec:
     # previews; the defaults are the papers' quality settings.
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     takes_row_weights: bool = True  # factorize(row_weights=) can move its budget between rows
+    # Estimated working memory in elements for an m x n weight, its options and whether a Gram is given.
+    work_elements: Callable[[int, int, dict, bool], int] = field(
+        default=lambda m, n, options, gram: 4 * m * n + (3 * n * n if gram else 0), repr=False
+    )
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict:
         """Defaults overlaid with the given options, each checked."""
@@ -90,13 +103,28 @@ class MethodSpec:
 
 PROJECTIONS = ("sp", "splin", "spcol", "splincol")
 
-_INNER = Option(int, None, "Inner dimension r of W ~ A (m x r) B (r x n); default min(m, n).", low=1)
+_INNER = Option(
+    int, None, "Inner dimension r of W ~ A (m x r) B (r x n); default min(m, n).", low=1, at_most_largest_side=True
+)
+# Upper bounds of step counts: far above any useful setting, low enough that a typo cannot run for days.
+MAX_ROUNDS, MAX_STEPS = 10_000, 100_000
+
+
+def _dsf_work(m, n, options, gram):
+    r = options["inner_dim"] or min(m, n)
+    return 4 * (m * r + r * n) + 4 * r * r + 3 * m * n + (3 * n * n if gram else 0)
+
+
+def _palm_work(m, n, options, gram):
+    side = max(m, n, options.get("inner_dim") or 0)
+    return (options["n_factors"] + 4) * side * side
 _PALM_K = Option(
     int,
     None,
     "Nonzeros per row/column of each factor (for 'sp': k times the factor's row count in all); "
     "default: the largest k that fits the budget.",
     low=1,
+    at_most_largest_side=True,
 )
 _PROJECTION = Option(str, "splincol", "Sparsity constraint of each factor.", choices=PROJECTIONS)
 
@@ -124,8 +152,9 @@ _SPECS = [
                 "Outer alternation rounds (each solves A, then B); the warm-start schedule "
                 "spans them.",
                 low=1,
+                high=MAX_ROUNDS,
             ),
-            "admm_steps": Option(int, 5, "ADMM steps per sub-problem.", low=1),
+            "admm_steps": Option(int, 5, "ADMM steps per sub-problem.", low=1, high=1000),
             "tol": Option(
                 float,
                 1e-3,
@@ -134,7 +163,8 @@ _SPECS = [
                 low=0.0,
             ),
             "refit_steps": Option(
-                int, 20, "ADMM steps of the final refit of A against the full objective (whole Gram, or G = I data-free); 0: no refit.", low=0
+                int, 20, "ADMM steps of the final refit of A against the full objective (whole Gram, or G = I data-free); 0: no refit.",
+                low=0, high=MAX_ROUNDS,
             ),
             "matmul_precision": Option(
                 str,
@@ -148,6 +178,7 @@ _SPECS = [
         },
         dsf.fit,
         presets={"quick": {"n_rounds": 18}},
+        work_elements=_dsf_work,
     ),
     MethodSpec(
         "palm4msa",
@@ -155,7 +186,7 @@ _SPECS = [
         "linearised minimisation).",
         "no",
         {
-            "n_factors": Option(int, 2, "Number of sparse factors Q.", low=2),
+            "n_factors": Option(int, 2, "Number of sparse factors Q.", low=2, high=64),
             "projection": _PROJECTION,
             "k": _PALM_K,
             "factor_density": Option(
@@ -167,11 +198,12 @@ _SPECS = [
                 low_open=True,
             ),
             "inner_dim": _INNER,
-            "n_iter": Option(int, 300, "Maximum number of sweeps over the factors.", low=1),
+            "n_iter": Option(int, 300, "Maximum number of sweeps over the factors.", low=1, high=MAX_STEPS),
             "tol": Option(float, 1e-6, "Stop when the relative change of the error is below this.", low=0.0),
         },
         palm4msa.fit,
         presets={"quick": {"n_iter": 60}},
+        work_elements=_palm_work,
     ),
     MethodSpec(
         "hierarchical",
@@ -179,7 +211,7 @@ _SPECS = [
         "global PALM4MSA pass (recovers butterfly factorizations such as Hadamard).",
         "no",
         {
-            "n_factors": Option(int, 2, "Number of sparse factors Q.", low=2),
+            "n_factors": Option(int, 2, "Number of sparse factors Q.", low=2, high=64),
             "projection": _PROJECTION,
             "k": _PALM_K,
             "n_iter": Option(
@@ -188,6 +220,7 @@ _SPECS = [
                 "Maximum PALM4MSA sweeps per split and per global pass (a pass also stops once "
                 "its error is at rounding level).",
                 low=1,
+                high=MAX_STEPS,
             ),
             "tol": Option(
                 float,
@@ -198,12 +231,13 @@ _SPECS = [
         },
         palm4msa.fit_hierarchical,
         presets={"quick": {"n_iter": 30}},
+        work_elements=_palm_work,
     ),
     MethodSpec(
         "svd",
         "Truncated SVD: the best rank-r approximation (activation-aware with a Gram matrix).",
         "optional",
-        {"rank": Option(int, None, "Rank r; default: the largest r with r (m + n) <= budget.", low=1)},
+        {"rank": Option(int, None, "Rank r; default: the largest r with r (m + n) <= budget.", low=1, at_most_largest_side=True)},
         svd.fit,
     ),
     MethodSpec(
@@ -217,6 +251,7 @@ _SPECS = [
                 "Internal TT rank (same for every bond, clamped to each bond's maximal rank); "
                 "default: the largest that fits the budget.",
                 low=1,
+                at_most_largest_side=True,
             ),
             "n_cores": Option(
                 int,
@@ -224,6 +259,7 @@ _SPECS = [
                 "Number of TT cores d; m and n are split into d balanced factors (a size with too "
                 "few prime factors gets modes of size 1); default 2.",
                 low=2,
+                high=64,
             ),
         },
         tt.fit,

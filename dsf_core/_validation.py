@@ -7,6 +7,10 @@ import numbers
 
 import torch
 
+# Largest / smallest row weight accepted: beyond float32's ~7 digits a row weighted that little
+# adds nothing to the objective, and far beyond it the weighted rows underflow to zero.
+MAX_ROW_WEIGHT_RATIO = 1e8
+
 
 def check_weight(weight) -> torch.Tensor:
     """Return ``weight`` read as an ``out x in`` matrix (a 4-D conv kernel is flattened)."""
@@ -40,6 +44,12 @@ def check_row_weights(weights, m: int) -> torch.Tensor | None:
         raise ValueError(f"row_weights must hold {m} numbers (one per output row); got shape {tuple(weights.shape)}.")
     if not bool(torch.isfinite(weights).all()) or float(weights.min()) <= 0:
         raise ValueError("row_weights must be finite and positive.")
+    ratio = float(weights.max()) / float(weights.min())
+    if ratio > MAX_ROW_WEIGHT_RATIO:
+        raise ValueError(
+            f"row_weights must span at most a factor of {MAX_ROW_WEIGHT_RATIO:.0e} (largest / smallest); got "
+            f"{ratio:.3g}. Rows weighted that little would vanish below float32 precision: drop them instead."
+        )
     return weights
 
 
@@ -69,7 +79,23 @@ def check_gram(gram, n: int) -> torch.Tensor | None:
         raise ValueError("gram must be positive semi-definite; got a negative diagonal entry.")
     if float(gram.diagonal().max()) == 0.0:
         raise ValueError("gram is all zeros (no input signal); expected a Gram matrix with a positive diagonal.")
+    if not _positive_semidefinite(gram):
+        raise ValueError(
+            "gram must be positive semi-definite (a Gram matrix X^T X); got one with a clearly negative "
+            "eigenvalue (its Cholesky factorization fails even with a rounding-level shift)."
+        )
     return gram
+
+
+def _positive_semidefinite(gram: torch.Tensor) -> bool:
+    """Whether ``gram`` is PSD up to rounding: Cholesky of ``G / max(diag) + n * eps * I`` succeeds
+    (a shift that covers the rounding errors of summing n products in the Gram's dtype)."""
+    n = gram.shape[0]
+    dtype = torch.float64 if gram.dtype == torch.float64 else torch.float32
+    unit = gram.to(dtype) / gram.diagonal().max().to(dtype)
+    shift = n * torch.finfo(dtype).eps
+    _, info = torch.linalg.cholesky_ex(unit + shift * torch.eye(n, dtype=dtype, device=gram.device))
+    return int(info) == 0
 
 
 def check_density(density) -> float:

@@ -175,9 +175,10 @@ def load_checkpoint(path: str = WEIGHTS_PATH) -> tuple[DigitsCNN, dict]:
 
     with safe_open(path, framework="pt") as f:
         metadata = f.metadata()
-    model = DigitsCNN(DigitsCNNConfig(**json.loads(metadata["config"])))
-    model.load_state_dict(load_file(path))
-    return model.float().eval(), json.loads(metadata.get("info", "{}"))
+    from .loaders import load_checked
+
+    model = load_checked(DigitsCNN(DigitsCNNConfig(**json.loads(metadata["config"]))), load_file(path))
+    return model, json.loads(metadata.get("info", "{}"))
 
 
 def load_bundle() -> ModelBundle:

@@ -22,7 +22,6 @@ import hashlib
 import math
 import pickle
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._torchvision_compat import import_torchvision, prepare_transformers
+from ..file_formats import check_zip_size, detect_format, safetensors_header
+from ..limits import limit
 from . import BUILTIN_MODELS, load_builtin
 from ._bundle import ModelBundle
 
-DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB
 MAX_IMAGE_BYTES = 50 << 20
 MAX_TEXT_BYTES = 10 << 20
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -299,8 +299,10 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes} bytes" if n_bytes < 1 << 20 else f"{n_bytes / 2**20:.1f} MiB"
 
 
-def _check_file(path, max_bytes: int) -> Path:
-    """The path of an existing regular file no larger than ``max_bytes``."""
+def _check_file(path, max_bytes: int | None) -> Path:
+    """The path of an existing regular file no larger than ``max_bytes`` (default: the
+    ``DSF_MAX_FILE_BYTES`` limit)."""
+    max_bytes = limit("DSF_MAX_FILE_BYTES") if max_bytes is None else max_bytes
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
         raise ValueError(f"max_bytes must be a positive int. Got {max_bytes!r} instead.")
     file = Path(path).expanduser()
@@ -317,16 +319,20 @@ def _check_file(path, max_bytes: int) -> Path:
     return file
 
 
-def _is_torchscript(file: Path) -> bool:
-    if not zipfile.is_zipfile(file):
-        return False
-    with zipfile.ZipFile(file) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
-
-
-def _read_tensors(file: Path) -> dict:
-    """The state dict in a safetensors file or a ``torch.save`` file (weights only, never pickle)."""
-    if file.suffix == ".safetensors":
+def _read_tensors(file: Path, max_bytes: int | None = None) -> dict:
+    """The state dict in a safetensors file or a ``torch.save`` file (weights only, never pickle),
+    told apart by content; a zip archive must not unpack to more than ``max_bytes``."""
+    kind = detect_format(file)
+    if kind == "torchscript":
+        raise ValueError(f"'{file}' is a TorchScript file; expected a state dict (safetensors or torch.save).")
+    if kind is None:
+        raise ValueError(
+            f"'{file}' is not a readable PyTorch checkpoint: its content is neither safetensors, "
+            "a torch.save file nor TorchScript (whatever its name says)."
+        )
+    if kind == "torch-zip":
+        check_zip_size(file, limit("DSF_MAX_FILE_BYTES") if max_bytes is None else max_bytes)
+    if kind == "safetensors":
         from safetensors.torch import load_file
 
         try:
@@ -345,8 +351,8 @@ def _read_tensors(file: Path) -> dict:
             "unpickling them could run arbitrary code. Save model.state_dict() (torch.save or "
             "safetensors) or a TorchScript file instead."
         ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"'{file}' is not a readable PyTorch checkpoint: {exc}") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"'{file}' is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}).") from exc
     return _state_dict_of(obj, file)
 
 
@@ -392,7 +398,7 @@ def _check_state(state: dict, expected: dict) -> None:
             raise ValueError(f"'{key}' has dtype {value.dtype}; expected a floating-point tensor.")
 
 
-def _load_into(arch: nn.Module, state: dict) -> nn.Module:
+def load_checked(arch: nn.Module, state: dict) -> nn.Module:
     """Check ``state`` against ``arch`` (dropping a DataParallel 'module.' prefix) and load it."""
     expected = arch.state_dict()
     prefix = "module."
@@ -473,7 +479,7 @@ def load_torchvision(
     num_classes: int | None = None,
     input_shape=(3, 224, 224),
     image_folder: str | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int | None = None,
 ) -> ModelBundle:
     """A torchvision image classifier by name (``torchvision.models.list_models()``) with weights
     from ``weights_path`` (a state dict) or ``weights_enum`` (e.g. ``"IMAGENET1K_V1"``, read from
@@ -493,7 +499,7 @@ def load_torchvision(
     else:
         file = _cached_weights(tv, arch, weights_enum, max_bytes)
     options = {} if num_classes is None else {"num_classes": num_classes}
-    model = _load_into(tv.models.get_model(arch, weights=None, **options), _read_tensors(file))
+    model = load_checked(tv.models.get_model(arch, weights=None, **options), _read_tensors(file, max_bytes))
     return classifier_bundle(
         model, name=f"torchvision:{arch}", source=str(file), input_shape=input_shape, image_folder=image_folder
     )
@@ -502,7 +508,7 @@ def load_torchvision(
 # --- Hugging Face ------------------------------------------------------------------------------
 
 
-def _check_hf_dir(directory: Path, max_bytes: int) -> None:
+def _check_hf_dir(directory: Path, max_bytes: int | None) -> None:
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"'{directory}' has no config.json; it is not a Hugging Face model directory.")
     weights = list(directory.glob("*.safetensors"))
@@ -512,11 +518,56 @@ def _check_hf_dir(directory: Path, max_bytes: int) -> None:
             "pytorch_model.bin with model.save_pretrained(directory, safe_serialization=True))."
         )
     size = sum(f.stat().st_size for f in weights)
+    max_bytes = limit("DSF_MAX_FILE_BYTES") if max_bytes is None else max_bytes
     if size > max_bytes:
         raise ValueError(
             f"The weights in '{directory}' are {_size(size)}, over the limit of {_size(max_bytes)} "
             "(max_bytes); raise max_bytes if you trust them."
         )
+
+
+MAX_CONFIG_LAYERS = 4096  # a bound on layer counts read from a config, before building anything
+
+
+def _check_declared_size(directory: Path, auto, config) -> None:
+    """Refuse a config whose model is over the parameter limit or larger than its weight files."""
+    for key in ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"):
+        layers = getattr(config, key, None)
+        if isinstance(layers, int) and layers > MAX_CONFIG_LAYERS:
+            raise ValueError(f"The config declares {key}={layers}, over the bound of {MAX_CONFIG_LAYERS}.")
+    with torch.device("meta"):
+        skeleton = auto.from_config(config)
+    n_params = sum(p.numel() for p in skeleton.parameters())
+    top = limit("DSF_MAX_MODEL_PARAMS")
+    if n_params > top:
+        raise ValueError(
+            f"The config declares {n_params:,} parameters, over the limit of {top:,}; if you trust this "
+            "model, raise it with the environment variable DSF_MAX_MODEL_PARAMS."
+        )
+    stored = sum(math.prod(entry["shape"]) for file in directory.glob("*.safetensors")
+                 for entry in safetensors_header(file).values() if isinstance(entry, dict) and "shape" in entry)
+    if n_params > 1.05 * stored + 4096:
+        raise ValueError(
+            f"The config declares a model of {n_params:,} parameters but the weight files hold only "
+            f"{stored:,} values: the weights are missing or belong to another model."
+        )
+
+
+def check_hf_weights(model: nn.Module, loading: dict, source: str, *, strict: bool = True) -> None:
+    """After ``from_pretrained(..., output_loading_info=True)``: every weight the model expects
+    came from the files with its shape (and, when ``strict``, none is left over); all are finite."""
+    problems = {
+        "missing": loading.get("missing_keys") or [],
+        "of the wrong shape": [entry[0] if isinstance(entry, tuple) else entry for entry in loading.get("mismatched_keys") or []],
+        "unexpected": (loading.get("unexpected_keys") or []) if strict else [],
+    }
+    found = [f"{what}: {_few(keys)}" for what, keys in problems.items() if keys]
+    if found:
+        hint = " (load_hf(strict=False) ignores unexpected ones)" if problems["unexpected"] else ""
+        raise ValueError(f"The weights in '{source}' do not match the model's config; " + "; ".join(found) + hint + ".")
+    bad = [name for name, t in model.named_parameters() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"The weights in '{source}' contain NaN or Inf values (in {_few(bad)}); expected finite weights.")
 
 
 def _hub_error(model_id: str, exc: Exception) -> OSError:
@@ -549,13 +600,18 @@ def load_hf(
     *,
     seq_len: int = 32,
     text_file: str | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int | None = None,
+    strict: bool = True,
 ) -> ModelBundle:
     """A Hugging Face model from a local directory (safetensors weights) or a hub id.
 
     Causal LMs (architectures ``*ForCausalLM`` / ``*LMHeadModel``) load with
     ``AutoModelForCausalLM``; anything else with ``AutoModel`` as an encoder. ``text_file`` adds
-    perplexity for causal LMs (it needs the model's tokenizer).
+    perplexity for causal LMs (it needs the model's tokenizer). Before anything is allocated, the
+    parameters the config implies are checked against the weight files present and the
+    ``DSF_MAX_MODEL_PARAMS`` limit; after loading, every weight the model expects must have come
+    from the files with its shape (and, when ``strict``, no file tensor may go unused), and all
+    values must be finite.
     """
     prepare_transformers()
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -572,14 +628,18 @@ def load_hf(
         config = AutoConfig.from_pretrained(source, **options)
         causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.architectures or [])
         auto = AutoModelForCausalLM if causal else AutoModel
-        model = auto.from_pretrained(source, use_safetensors=True, **options).float().eval()
+        if local:
+            _check_declared_size(directory, auto, config)
+        model, loading = auto.from_pretrained(source, use_safetensors=True, output_loading_info=True, **options)
     except (OSError, ValueError) as exc:
         if local:
             raise ValueError(f"'{source}' is not a loadable Hugging Face model directory: {exc}") from exc
         raise _hub_error(path_or_id, exc) from exc
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if limit is not None and seq_len > limit:
-        raise ValueError(f"seq_len must be at most the model's {limit} positions. Got {seq_len} instead.")
+    check_hf_weights(model, loading, source, strict=strict)
+    model = model.float().eval()
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if positions is not None and seq_len > positions:
+        raise ValueError(f"seq_len must be at most the model's {positions} positions. Got {seq_len} instead.")
     if not causal:
         if text_file is not None:
             raise ValueError("text_file (perplexity) applies to causal language models only.")
@@ -604,7 +664,7 @@ def load_checkpoint(
     path: str,
     *,
     arch: nn.Module | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int | None = None,
     task: str = "classifier",
     input_shape=(3, 224, 224),
     image_folder: str | None = None,
@@ -620,17 +680,24 @@ def load_checkpoint(
     if task not in ("classifier", "language-model"):
         raise ValueError(f"task must be 'classifier' or 'language-model'. Got {task!r} instead.")
     file = _check_file(path, max_bytes)
-    if _is_torchscript(file):
+    if detect_format(file) == "torchscript":
         if arch is not None:
             raise ValueError(f"'{file}' is a TorchScript file, which holds its own architecture; drop arch=.")
+        check_zip_size(file, limit("DSF_MAX_FILE_BYTES") if max_bytes is None else max_bytes)
         with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; the format still loads
             warnings.simplefilter("ignore", DeprecationWarning)
-            model = torch.jit.load(str(file), map_location="cpu").float().eval()
+            try:
+                model = torch.jit.load(str(file), map_location="cpu").float().eval()
+            except RuntimeError as exc:
+                raise ValueError(f"'{file}' is not a loadable TorchScript file: {str(exc).splitlines()[0]}") from None
         bad = [n for n, p in model.named_parameters() if not p.is_floating_point()]
         if bad:
             raise ValueError(f"Parameters {bad[:5]} of '{file}' are not floating point.")
+        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise ValueError(f"Parameters {bad[:5]} of '{file}' contain NaN or Inf values; expected finite weights.")
     else:
-        state = _read_tensors(file)
+        state = _read_tensors(file, max_bytes)
         if arch is None:
             raise ValueError(
                 f"'{file}' holds a state_dict ({len(state)} tensors) without its architecture; pass "
@@ -638,7 +705,7 @@ def load_checkpoint(
             )
         if not isinstance(arch, nn.Module):
             raise TypeError(f"arch must be an nn.Module. Got {type(arch).__name__} instead.")
-        model = _load_into(arch, state)
+        model = load_checked(arch, state)
     if task == "language-model":
         vocab = vocab_size or _vocab_size(model)
         return lm_bundle(model, name=file.name, source=str(file), vocab_size=vocab, seq_len=seq_len)

@@ -50,7 +50,10 @@ def load_model_and_tokenizer(path: Path):
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
+    from .loaders import check_hf_weights
+
+    model, loading = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True, output_loading_info=True)
+    check_hf_weights(model, loading, str(path))
     return model.float().eval(), tokenizer
 
 

@@ -273,9 +273,9 @@ def load_bundle() -> ModelBundle:
     """The committed tiny language model with its calibration text and perplexity metric."""
     with open(INFO_PATH) as f:
         info = json.load(f)  # config, training run, recorded eval metrics
-    model = TinyLM(TinyLMConfig(**info["config"]))
-    model.load_state_dict(load_file(WEIGHTS_PATH))
-    model.eval()
+    from .loaders import load_checked
+
+    model = load_checked(TinyLM(TinyLMConfig(**info["config"])), load_file(WEIGHTS_PATH))
     context = model.config.context
     return ModelBundle(
         name="tiny-lm",
