@@ -126,7 +126,7 @@ def compress(bundle: ModelBundle, settings: Settings, model_spec: str, folder: s
         metrics = {k: float(v) for k, v in bundle.evaluate(result.model).items()}
         handle, path = tempfile.mkstemp(suffix=".safetensors", dir=folder)
         os.close(handle)
-        file_bytes = save_compressed(path, result, model_spec)
+        file_bytes = save_compressed(path, result, model_spec, overwrite=True)  # our own temporary file
     except Exception as exc:  # one failed run is reported in words; a sweep goes on with the next
         reason = why_not(exc)
         if isinstance(exc, BudgetError) and len(done) < len(chosen):  # a budget is per layer

@@ -9,23 +9,51 @@ import sys
 import tempfile
 
 from ._registry import METHODS
+from .models import BUILTIN_MODELS
+from .output_files import check_target
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (``error: ...``) and exit status 2."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+class _UsageError(Exception):
+    pass
 
 
 def main(argv=None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Run one command; every error is one line on stderr and exit status 2 (130 when interrupted)."""
     try:
+        args = _parser().parse_args(argv)
         return args.run(args)
-    except (ValueError, TypeError, KeyError, OSError, ImportError, RuntimeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the command line shows every failure as one line
+        if os.environ.get("DSF_DEBUG"):
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
 
 
+def _one_line(exc: Exception) -> str:
+    """The exception's message on one line; an unexpected type is named, with how to see more."""
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    message = " ".join(str(message).split()) or type(exc).__name__
+    expected = (ValueError, TypeError, KeyError, OSError, ImportError, _UsageError)
+    if not isinstance(exc, expected):
+        message = f"{type(exc).__name__}: {message} (unexpected; set DSF_DEBUG=1 for the traceback)"
+    return message
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dsf_core", description="Factorize and compress model layers.")
+    parser = _Parser(prog="python -m dsf_core", description="Factorize and compress model layers.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name, run, help, *positional):
@@ -44,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--method", required=True, choices=list(METHODS))
     compress.add_argument("--density", required=True, type=float, help="kept fraction of each layer's weights")
     compress.add_argument("--layers", help="comma-separated glob patterns of layer names (default: all)")
-    compress.add_argument("--calibration", type=int, help="calibration samples (0: data-free; default: the "
+    compress.add_argument("--calibration", type=_count, help="calibration samples (0: data-free; default: the "
                           "model's recommended number, else 128)")
     order = compress.add_mutually_exclusive_group()
     order.add_argument("--sequential", dest="sequential", action="store_true", default=None,
@@ -57,14 +85,28 @@ def _parser() -> argparse.ArgumentParser:
                           "(default: as the model recommends)")
     compress.add_argument("--preset", help="a named option set of the method, e.g. quick")
     compress.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a method option")
-    compress.add_argument("--out", help="write the compressed checkpoint (.safetensors) here")
-    command("evaluate", _evaluate, "the metric of a model or a compressed checkpoint",
-            ("target", "compressed checkpoint file, or a model as for 'layers'"))
+    compress.add_argument("--out", help="write the compressed checkpoint (a safetensors file) here")
+    compress.add_argument("--overwrite", action="store_true", help="replace an existing --out file (keeping its mode)")
+    evaluate = command("evaluate", _evaluate, "the metric of a model or a compressed checkpoint",
+                       ("target", "compressed checkpoint file, or a model as for 'layers'"))
+    evaluate.add_argument("--model", help="the base model of a compressed checkpoint (needed unless the "
+                          "checkpoint names a built-in model)")
     return parser
 
 
+def _count(text: str) -> int:
+    """A non-negative integer argument."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
 def _models(args) -> int:
-    from .models import BUILTIN_MODELS, load_builtin
+    from .models import load_builtin
 
     rows = []
     for name, (_, description) in BUILTIN_MODELS.items():
@@ -91,16 +133,19 @@ def _compress(args) -> int:
     from .stats import dense_file_bytes, flops_per_sample
 
     options = _options(args)
+    if args.out is not None:  # before any long work: a bad path fails now, not after the run
+        check_target(args.out, overwrite=args.overwrite)
     bundle = _load(args.model)
     result = compress_model(
         bundle, args.method, args.density, layers=args.layers, calibration=args.calibration,
         sequential=args.sequential, output_weighting=args.output_weighting, callback=_progress_bar(), **options,
     )
-    if args.out:
-        file_bytes = save_compressed(args.out, result, args.model)
+    base = args.model if args.model in BUILTIN_MODELS else None  # a user's model is named again at load time
+    if args.out is not None:
+        file_bytes = save_compressed(args.out, result, base, overwrite=args.overwrite)
     else:  # measure the real file size all the same
         with tempfile.TemporaryDirectory() as folder:
-            file_bytes = save_compressed(os.path.join(folder, "model.safetensors"), result, args.model)
+            file_bytes = save_compressed(os.path.join(folder, "model.safetensors"), result, base)
     probe = bundle.calibration_inputs(4)[0]  # FLOPs are counted on one real batch
     probe_size = len(probe["input_ids"]) if isinstance(probe, dict) else len(probe)
     summary = {
@@ -132,18 +177,41 @@ def _compress(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .checkpoint import load_compressed, read_manifest
+    from .checkpoint import FORMAT, load_compressed, read_manifest
 
-    if os.path.isfile(args.target) and args.target.endswith(".safetensors"):
+    if _is_compressed_checkpoint(args.target, FORMAT):
         manifest = read_manifest(args.target)
-        bundle = _load(manifest["model"])
+        named = manifest.get("model", "")
+        if args.model is None and named not in BUILTIN_MODELS:
+            raise ValueError(
+                f"'{args.target}' was made from {named or 'a model it does not name'}, which is not a built-in "
+                "model: give that model with --model (a checkpoint never chooses what gets loaded)."
+            )
+        bundle = _load(args.model or named)
         model = load_compressed(args.target, bundle.model)
     else:
+        if args.model is not None:
+            raise ValueError(f"--model applies to compressed checkpoints only; '{args.target}' is not one.")
         bundle = _load(args.target)
         model = bundle.model
     metrics = bundle.evaluate(model)
     _emit(args, [{"metric": key, "value": value} for key, value in metrics.items()], ["metric", "value"])
     return 0
+
+
+def _is_compressed_checkpoint(path: str, format_name: str) -> bool:
+    """Whether ``path`` is a safetensors file (by content) whose metadata marks our format."""
+    from safetensors import safe_open
+
+    from .file_formats import detect_format
+
+    if not os.path.isfile(path) or detect_format(path) != "safetensors":
+        return False
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == format_name
+    except Exception:  # noqa: BLE001 - a malformed file is not ours; loading it as a model says why
+        return False
 
 
 def _load(spec: str):

@@ -14,6 +14,7 @@ from ._registry import get_method
 from ._result import Factorization
 from .calibration import collect_grams, output_sensitivity, sequential_groups
 from .layers import LayerInfo, select_layers, set_module, weight_matrix
+from .limits import limit
 from .models import ModelBundle
 
 
@@ -129,7 +130,7 @@ def _settings(bundle: ModelBundle, spec, calibration, sequential, damp, output_w
     if unknown:
         raise ValueError(f"Model {bundle.name!r} recommends unknown compress settings {unknown}; expected some of {list(defaults)}.")
     defaults.update(bundle.compress_defaults)
-    calibration = defaults["calibration"] if calibration is None else calibration
+    calibration = check_calibration(defaults["calibration"] if calibration is None else calibration)
     if output_weighting is None:  # the bundle's choice, where the method and the data allow it
         output_weighting = defaults["output_weighting"] and spec.takes_row_weights and spec.uses_gram != "no" and calibration > 0
     elif output_weighting and not spec.takes_row_weights:
@@ -142,6 +143,17 @@ def _settings(bundle: ModelBundle, spec, calibration, sequential, damp, output_w
         "damp": defaults["damp"] if damp is None else damp,
         "output_weighting": bool(output_weighting),
     }
+
+
+def check_calibration(count) -> int:
+    """A number of calibration samples: an int in ``[0, DSF_MAX_CALIBRATION]``."""
+    top = limit("DSF_MAX_CALIBRATION")
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= top:
+        raise ValueError(
+            f"calibration must be an int in the range [0, {top}]. Got {count!r} instead "
+            "(the upper limit is the environment variable DSF_MAX_CALIBRATION)."
+        )
+    return count
 
 
 def output_row_weights(sensitivity: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:

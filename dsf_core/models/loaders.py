@@ -129,6 +129,18 @@ def _run(forward, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         return torch.cat([forward(model, batch).cpu() for batch in inputs.split(BATCH)])
 
 
+def _reference_run(forward, model: nn.Module, inputs: torch.Tensor, what: str) -> torch.Tensor:
+    """The model's outputs on the held-out inputs; a model that cannot take them is a ValueError."""
+    try:
+        output = _run(forward, model, inputs)
+    except (RuntimeError, IndexError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"The model does not accept {what} ({first}); check the input shape or vocabulary.") from None
+    if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+        raise ValueError(f"The model's output is not a tensor of logits (got {type(output).__name__}).")
+    return output
+
+
 # --- bundles for models without their own data set ---------------------------------------------
 
 
@@ -165,7 +177,7 @@ def classifier_bundle(
         return list(torch.randn(check_count(n), *shape, generator=generator).split(BATCH))
 
     held_out = torch.randn(n_eval, *shape, generator=torch.Generator().manual_seed(EVAL_SEED))
-    reference = _run(forward, model, held_out)
+    reference = _reference_run(forward, model, held_out, f"inputs of shape {shape}")
     images, labels = (None, None) if image_folder is None else read_image_folder(image_folder, shape, max_images)
     if labels is not None and int(labels.max()) >= reference.shape[-1]:
         raise ValueError(
@@ -228,7 +240,7 @@ def lm_bundle(
         return list(_random_tokens(check_count(n), seq_len, vocab_size, CALIBRATION_SEED).split(BATCH))
 
     held_out = _random_tokens(n_eval, seq_len, vocab_size, EVAL_SEED)
-    reference = _run(forward, model, held_out)
+    reference = _reference_run(forward, model, held_out, f"token ids below {vocab_size} in sequences of {seq_len}")
     chunks = None if text_tokens is None else _text_chunks(text_tokens, seq_len)
 
     def evaluate(m: nn.Module) -> dict:
