@@ -30,16 +30,24 @@ SOURCES = {
 
 def load(make_choice) -> None:
     """Make the model ``make_choice()`` names the model of every page, if it loads; otherwise
-    say why and keep the current one. A widget callback, so the whole page (and the sidebar)
-    is then drawn for the new model."""
+    keep the current one and remember why, for :func:`load_error` to show beside the control.
+    A widget callback, so the whole page (and the sidebar) is then drawn for the new model."""
+    st.session_state.home_load_error = None
     try:
         choice = make_choice()
         session.cached_bundle(choice)
     except Exception as exc:  # a failure to load is the user's file, path or form: say so, keep going
-        st.error(f"Could not load the model: {plain_message(exc)}")
+        st.session_state.home_load_error = (st.session_state.home_source, plain_message(exc))
         return
     st.session_state.model_choice = choice
     st.session_state.layer = None
+
+
+def load_error(source: str) -> None:
+    """Why the last load from ``source`` failed, in plain words, under its controls."""
+    failed = st.session_state.get("home_load_error")
+    if failed and failed[0] == source:
+        st.error(f"Could not load the model: {failed[1]}")
 
 
 def torchvision_choice() -> session.ModelChoice:
@@ -87,15 +95,18 @@ with left:
             key="home_builtin",
             on_change=lambda: load(lambda: session.ModelChoice("builtin", st.session_state.home_builtin)),
         )
+        load_error(source)
     elif source == "torchvision":
         arch = st.text_input("Architecture (e.g. resnet18)", persist_state="session", key="home_tv_arch")
         path = st.text_input("Weights file on this server (a state dict: .pth, .pt or .safetensors)", persist_state="session", key="home_tv_path")
         classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, persist_state="session", key="home_tv_classes")
         shape = st.text_input("Input shape (channels, height, width)", "3, 224, 224", persist_state="session", key="home_tv_shape")
         st.button("Load", key="home_tv_load", disabled=not (arch and path), on_click=load, args=(torchvision_choice,))
+        load_error(source)
     elif source == "hf":
         path = st.text_input("Model directory on this server (config.json + .safetensors)", persist_state="session", key="home_hf_path")
         st.button("Load", key="home_hf_load", disabled=not path, on_click=load, args=(hf_choice,))
+        load_error(source)
     else:
         st.caption(
             f"A state dict of a torchvision architecture (read without unpickling code: safetensors or "
@@ -107,6 +118,7 @@ with left:
         classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, persist_state="session", key="home_up_classes")
         shape = st.text_input("Input shape (channels, height, width)", "3, 224, 224", persist_state="session", key="home_up_shape")
         st.button("Load", key="home_up_load", disabled=upload is None, on_click=load, args=(upload_choice,))
+        load_error(source)
 with right:
     options = [session.CPU, session.CUDA]
     st.radio(

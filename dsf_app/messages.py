@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import tempfile
+from pathlib import Path
+
 import streamlit as st
 
 # Exceptions that come from what the user chose or brought; anything else is a bug in the app.
@@ -9,8 +13,10 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, OSError, RuntimeError, 
 
 
 def plain_message(exc: BaseException) -> str:
-    """One readable line (or a few) for ``exc``, without a traceback."""
-    text = str(exc).strip() or type(exc).__name__
+    """One readable line for ``exc``: its first line (a TorchScript error carries a traceback after
+    it), with this server's temporary paths (where uploads are written) shown as their file names."""
+    text = (str(exc).strip().splitlines() or [""])[0].strip() or type(exc).__name__
+    text = _SERVER_TEMP.sub(lambda found: Path(found.group()).name, text)
     if isinstance(exc, KeyError):
         text = f"Not found: {text}"
     if isinstance(exc, MemoryError):
@@ -18,6 +24,9 @@ def plain_message(exc: BaseException) -> str:
     if "CUDA out of memory" in text:
         text = "The GPU ran out of memory: try a smaller layer, a lower density, or the CPU."
     return text
+
+
+_SERVER_TEMP = re.compile(re.escape(str(Path(tempfile.gettempdir()))) + r"/[^\s'\"]*")
 
 
 def or_stop(what: str, function, *args, **kwargs):

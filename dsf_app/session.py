@@ -83,9 +83,10 @@ def load_choice(choice: ModelChoice) -> ModelBundle:
     if choice.kind == "checkpoint":
         if choice.name:
             return load_torchvision(
-                choice.name, choice.path, num_classes=choice.num_classes, input_shape=choice.input_shape
+                choice.name, choice.path, num_classes=choice.num_classes, input_shape=choice.input_shape,
+                max_bytes=MAX_UPLOAD_MB << 20,  # an upload unpacks to no more than it may weigh
             )
-        return load_checkpoint(choice.path, input_shape=choice.input_shape)
+        return load_checkpoint(choice.path, input_shape=choice.input_shape, max_bytes=MAX_UPLOAD_MB << 20)
     raise ValueError(f"Unknown model source {choice.kind!r}.")
 
 

@@ -110,6 +110,18 @@ def test_bad_uploads_are_plain_messages_and_the_model_stays(name, data, arch, sh
     assert "accuracy" in metrics(at)  # the page still shows the current model
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_torchscript_that_does_not_fit_its_inputs_is_one_plain_line_beside_the_upload():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.trace(net, torch.randn(1, 1, 8, 8)), buffer)
+    at = _upload(home(), "net.pt", buffer.getvalue(), shape="3, 8, 8")
+    assert not at.exception
+    message = at.columns[0].error[0].value  # under the upload's controls, not above the page
+    assert "does not accept inputs of shape (3, 8, 8)" in message
+    assert "Traceback" not in message and "\n" not in message and "dsf-upload-" not in message
+
+
 def test_upload_over_the_size_limit(monkeypatch):
     monkeypatch.setattr(session, "MAX_UPLOAD_MB", 0)
     at = _upload(home(), "big.pt", b"x" * 2048)

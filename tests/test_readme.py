@@ -40,3 +40,13 @@ def test_readme_screenshots_exist():
     shots = re.findall(r"!\[[^\]]*\]\((docs/screenshots/[\w.-]+\.png)\)", README)
     assert len(shots) >= 6  # Home and every page
     assert all((ROOT / shot).is_file() for shot in shots)
+
+
+def test_readme_names_every_size_limit_and_its_variable():
+    from dsf_core import limits
+
+    variables = [*limits._DEFAULTS, "DSF_MAX_WORK_BYTES"]
+    section = README.split("## Untrusted files, limits and errors")[1].split("\n## ")[0]
+    assert sorted(re.findall(r"`(DSF_MAX_\w+)`", section)) == sorted(variables)
+    for name in variables:
+        assert limits.limit(name) > 0
