@@ -18,7 +18,7 @@ from dsf_core import METHODS, BudgetError
 from dsf_core.checkpoint import save_compressed
 from dsf_core.compress import LayerReport, compress_model
 from dsf_core.layers import select_layers
-from dsf_core.models import ModelBundle
+from dsf_core.models import BUILTIN_MODELS, ModelBundle
 from dsf_core.stats import dense_file_bytes, stored_values
 
 from . import figures, method_settings
@@ -206,6 +206,13 @@ def cli_args(settings: Settings, model_spec: str, out: str = CLI_OUT) -> list[st
 
 def cli_command(settings: Settings, model_spec: str, out: str = CLI_OUT) -> str:
     return "python -m dsf_core " + shlex.join(cli_args(settings, model_spec, out))
+
+
+def cli_evaluate_command(model_spec: str, out: str = CLI_OUT) -> str:
+    """The command that evaluates ``out``: a checkpoint names only a built-in model, so any other
+    base model is given with ``--model``."""
+    words = ["evaluate", out] + ([] if model_spec in BUILTIN_MODELS else ["--model", model_spec])
+    return "python -m dsf_core " + shlex.join(words)
 
 
 # --- tables and figures -----------------------------------------------------------------------

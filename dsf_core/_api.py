@@ -11,7 +11,6 @@ from . import plan
 from ._registry import get_method
 from ._result import Factorization
 from ._scaling import times_power_of_two, to_unit_scale
-from .limits import check_bytes
 from ._validation import (
     check_callback,
     check_density,
@@ -21,6 +20,7 @@ from ._validation import (
     check_seed,
     check_weight,
 )
+from .limits import check_bytes
 from .methods._common import BudgetError, Progress
 
 

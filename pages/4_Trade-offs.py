@@ -162,7 +162,7 @@ st.download_button(
 if choice.replayable:
     st.caption("Load it with `dsf_core.checkpoint.load_compressed(path, base_model)`, or evaluate it from a terminal:")
     st.code(
-        f"{tradeoffs.cli_command(run.settings, choice.spec)}\npython -m dsf_core evaluate {tradeoffs.CLI_OUT}",
+        f"{tradeoffs.cli_command(run.settings, choice.spec)}\n{tradeoffs.cli_evaluate_command(choice.spec)}",
         language="bash", wrap_lines=True,
     )
 else:

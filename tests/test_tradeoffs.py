@@ -115,6 +115,13 @@ def test_model_specs_with_spaces_are_quoted():
     assert _parser().parse_args(words[3:]).model == "/tmp/my models/net.pt"
 
 
+def test_evaluate_command_names_a_user_model_and_not_a_builtin():
+    user = _parser().parse_args(shlex.split(tradeoffs.cli_evaluate_command("/tmp/my models/hf"))[3:])
+    assert (user.target, user.model) == (tradeoffs.CLI_OUT, "/tmp/my models/hf")
+    builtin = _parser().parse_args(shlex.split(tradeoffs.cli_evaluate_command("digits-cnn"))[3:])
+    assert (builtin.target, builtin.model) == (tradeoffs.CLI_OUT, None)
+
+
 def test_figures_and_table():
     runs = [fake_run(method="svd", metric=80), fake_run(method="dsf", metric=95, stored=50),
             fake_run(method="svd", metric=70, stored=40), fake_run(stopped=True, method="tt")]
