@@ -93,7 +93,7 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a checkpoint")
     result = run("evaluate", str(junk))
-    assert result.returncode == 2 and "not a safetensors file" in result.stderr
+    assert result.returncode == 2 and "its content is neither safetensors" in result.stderr
 
 
 def test_unknown_method_is_rejected_by_the_parser():
