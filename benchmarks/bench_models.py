@@ -1,6 +1,6 @@
 """Whole-model compression of the built-in models: metric, size and time per method.
 
-    python benchmarks/bench_models.py [--threads 2] [--models digits-cnn,tiny-lm,minilm,efficientnet-lite0]
+    python benchmarks/bench_models.py [--threads 2] [--models digits-cnn,tiny-lm,minilm,efficientnet-lite0] [--methods dsf,svd]
     python benchmarks/bench_models.py --normalisation   # efficientnet-lite0's input scaling, measured
 
 Prints, with thread count and device, one table per model (the targets of issue 3: digits-cnn at
@@ -39,8 +39,9 @@ PLAN = {
 }
 
 
-def bench_model(name):
+def bench_model(name, only_methods=None):
     densities, methods, layers, method_options = PLAN[name]
+    methods = [m for m in methods if only_methods is None or m in only_methods]
     bundle = load_builtin(name)
     dense_bytes = dense_file_bytes(bundle.model)
     batch = bundle.calibration_inputs(8)[0]
@@ -63,6 +64,7 @@ def bench_model(name):
             rows.append([density, method, calibration, f"{scores[bundle.metric_name]:.4f}", others,
                          result.n_params_compressed, result.n_params_dense, file_bytes, dense_bytes,
                          f"{file_bytes / dense_bytes:.0%}", flops, dense_flops, f"{result.seconds:.1f}"])
+            print("done:", rows[-1], flush=True)  # long runs: each row as soon as it is measured
     print_table(f"{name}: all layers at density {', '.join(map(str, densities))}, activation-aware where the method "
                 f"allows (metric: {bundle.metric_name}, {'higher' if bundle.higher_is_better else 'lower'} is better; "
                 f"dense: {bundle.metric_name} {dense_scores[bundle.metric_name]:.4f})",
@@ -72,7 +74,7 @@ def bench_model(name):
         print(f"The model's recommended method options, used above: {bundle.method_options}")
     if method_options:
         print(f"Method options used above: {method_options}")
-    return bundle, results["dsf"]
+    return bundle, results
 
 
 def bench_normalisation(n_crops=9):
@@ -122,6 +124,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default=",".join(PLAN))
     parser.add_argument("--normalisation", action="store_true", help="only efficientnet-lite0's input scaling")
+    parser.add_argument("--methods", help="comma-separated subset of each model's methods")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
@@ -131,8 +134,9 @@ def main():
         bench_normalisation()
         return
     for name in args.models.split(","):
-        bundle, dsf_result = bench_model(name)
-        bench_latency(bundle, dsf_result)
+        bundle, results = bench_model(name, args.methods and args.methods.split(","))
+        if "dsf" in results:
+            bench_latency(bundle, results["dsf"])
 
 if __name__ == "__main__":
     main()
