@@ -1,6 +1,6 @@
 """Whole-model compression of the built-in models: metric, size and time per method.
 
-    python benchmarks/bench_models.py [--threads 2] [--models digits-cnn,tiny-lm,minilm,efficientnet-lite0] [--methods dsf,svd]
+    python benchmarks/bench_models.py [--threads 2] [--models digits-cnn,tiny-lm,minilm,efficientnet-lite0] [--methods dsf,svd] [--densities 0.5]
     python benchmarks/bench_models.py --normalisation   # efficientnet-lite0's input scaling, measured
 
 Prints, with thread count and device, one table per model (the targets of issue 3: digits-cnn at
@@ -39,8 +39,9 @@ PLAN = {
 }
 
 
-def bench_model(name, only_methods=None):
+def bench_model(name, only_methods=None, only_densities=None):
     densities, methods, layers, method_options = PLAN[name]
+    densities = only_densities or densities
     methods = [m for m in methods if only_methods is None or m in only_methods]
     bundle = load_builtin(name)
     dense_bytes = dense_file_bytes(bundle.model)
@@ -125,6 +126,7 @@ def main():
     parser.add_argument("--models", default=",".join(PLAN))
     parser.add_argument("--normalisation", action="store_true", help="only efficientnet-lite0's input scaling")
     parser.add_argument("--methods", help="comma-separated subset of each model's methods")
+    parser.add_argument("--densities", help="comma-separated densities instead of each model's")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
@@ -134,7 +136,8 @@ def main():
         bench_normalisation()
         return
     for name in args.models.split(","):
-        bundle, results = bench_model(name, args.methods and args.methods.split(","))
+        densities = args.densities and [float(d) for d in args.densities.split(",")]
+        bundle, results = bench_model(name, args.methods and args.methods.split(","), densities)
         if "dsf" in results:
             bench_latency(bundle, results["dsf"])
 
