@@ -118,12 +118,21 @@ def _models(args) -> int:
 
 
 def _layers(args) -> int:
-    from .layers import list_layers
+    from .layers import list_layers, skipped_layers
 
     bundle = _load(args.model)
     rows = [{"name": layer.name, "type": layer.type, "shape": "x".join(map(str, layer.shape)),
              "params": layer.n_params} for layer in list_layers(bundle.model)]
-    _emit(args, rows, ["name", "type", "shape", "params"])
+    skipped = [{"name": layer.name, "type": layer.type, "weight_shape": "x".join(map(str, layer.weight_shape)),
+                "params": layer.n_params, "reason": layer.reason} for layer in skipped_layers(bundle.model)]
+    if args.json:  # one list: the factorizable layers, then the others with the reason
+        print(json.dumps([{**row, "factorizable": True} for row in rows]
+                         + [{**row, "factorizable": False} for row in skipped], indent=2))
+        return 0
+    _table(rows, ["name", "type", "shape", "params"])
+    if skipped:
+        print(f"\nnot factorizable ({len(skipped)} convolutions, {sum(r['params'] for r in skipped)} params):")
+        _table(skipped, ["name", "type", "weight_shape", "params", "reason"])
     return 0
 
 

@@ -20,13 +20,51 @@ class LayerInfo:
     n_params: int  # weight and bias
 
 
+@dataclass(frozen=True)
+class SkippedLayer:
+    """A convolution that is not factorizable, and why (see :func:`unfactorizable_reason`)."""
+
+    name: str
+    type: str
+    weight_shape: tuple[int, ...]
+    n_params: int  # weight and bias
+    reason: str
+
+
+def unfactorizable_reason(module: nn.Module) -> str | None:
+    """Why a Conv2d cannot be replaced by one factorized ``out x in*kh*kw`` matrix; None when it can
+    (or when ``module`` is no Conv2d)."""
+    if not isinstance(module, nn.Conv2d):
+        return None
+    if module.groups > 1:
+        kind = "depthwise" if module.groups == module.in_channels else "grouped"
+        per_group = module.in_channels // module.groups
+        taps = module.weight[0, 0].numel()  # kh * kw
+        return (
+            f"{kind} convolution (groups={module.groups}): each output channel reads only its group's "
+            f"{per_group} input channel(s), so the kernel is {module.groups} separate "
+            f"{module.out_channels // module.groups} x {per_group * taps} matrices, not one "
+            f"{module.out_channels} x {module.in_channels * taps} matrix"
+        )
+    if module.padding_mode != "zeros":
+        return f"padding_mode={module.padding_mode!r}: only zero padding unfolds into patches"
+    if isinstance(module.padding, str):
+        return f"padding={module.padding!r}: only numeric padding unfolds into patches"
+    if type(module).forward is not nn.Conv2d.forward:
+        return (
+            f"{type(module).__name__} has its own forward (e.g. it pads its input itself), which a factorized "
+            "module would not repeat"
+        )
+    return None
+
+
 def is_factorizable(module: nn.Module) -> bool:
-    """Linear, transformers' ``Conv1D``, and Conv2d that is ungrouped with numeric zero padding
-    (what unfolding into patches can reproduce)."""
+    """Linear, transformers' ``Conv1D``, and Conv2d that :func:`unfactorizable_reason` accepts
+    (ungrouped, numeric zero padding, Conv2d's own forward: what unfolding into patches reproduces)."""
     if isinstance(module, nn.Linear):
         return True
     if isinstance(module, nn.Conv2d):
-        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+        return unfactorizable_reason(module) is None
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
@@ -42,6 +80,17 @@ def list_layers(model: nn.Module) -> list[LayerInfo]:
                 LayerInfo(name, type(module).__name__, tuple(matrix.shape), tuple(module.weight.shape), n_params)
             )
     return layers
+
+
+def skipped_layers(model: nn.Module) -> list[SkippedLayer]:
+    """Every convolution that :func:`list_layers` leaves out, with the reason."""
+    skipped = []
+    for name, module in model.named_modules():
+        reason = unfactorizable_reason(module)
+        if reason is not None:
+            n_params = sum(p.numel() for p in module.parameters(recurse=False))
+            skipped.append(SkippedLayer(name, type(module).__name__, tuple(module.weight.shape), n_params, reason))
+    return skipped
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import nn
 
 from dsf_app import session
 from dsf_core._torchvision_compat import import_torchvision
-from dsf_core.layers import list_layers
+from dsf_core.layers import list_layers, skipped_layers
 from dsf_core.models import load_builtin
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -46,6 +46,19 @@ def test_choosing_another_builtin_changes_the_summary_and_persists():
     assert len(at.dataframe[0].value) == len(list_layers(load_builtin("tiny-lm").model))
     at.run()  # a later run keeps the choice
     assert "perplexity" in metrics(at)
+
+
+def test_efficientnet_opens_with_its_unfactorizable_convolutions_explained():
+    at = home()
+    at.selectbox(key="home_builtin").set_value("efficientnet-lite0").run()
+    assert not at.exception and not at.error
+    reference = load_builtin("efficientnet-lite0")
+    assert metrics(at)["top1 agreement"] == "1"
+    assert list(at.dataframe[0].value["layer"]) == [layer.name for layer in list_layers(reference.model)]
+    skipped = at.dataframe[1].value
+    assert list(skipped["layer"]) == [layer.name for layer in skipped_layers(reference.model)]
+    assert skipped["why not"].str.contains("depthwise convolution").sum() == 16
+    assert "17 convolutions are not factorizable" in at.expander[0].label
 
 
 def test_cuda_choice():

@@ -6,7 +6,8 @@ import threading
 
 import numpy as np
 import pytest
-from _apptest import cached_model_state, open_page, problems, same_state
+from _apptest import PAGES, cached_model_state, open_page, problems, same_state
+from streamlit.testing.v1 import AppTest
 
 from dsf_app import layer_stats, session
 from dsf_core.examples import synthetic_matrix
@@ -155,3 +156,16 @@ def test_a_density_too_low_for_some_methods_says_not_possible():
     at.sidebar.slider(key="_density_slider").set_value(0.6).run()
     assert not at.warning and not problems(at)
     assert not any(text.startswith("not possible") for text in _plan(at).values())
+
+
+def test_a_pointwise_convolution_of_efficientnet_is_inspected_with_its_gram():
+    at = AppTest.from_file(str(PAGES / PAGE), default_timeout=120)
+    at.session_state["model_choice"] = session.ModelChoice("builtin", "efficientnet-lite0")
+    at.session_state["layer"] = "_blocks.15._project_conv"
+    at.run()
+    assert not problems(at)
+    W = weight_matrix(load_builtin("efficientnet-lite0").model.get_submodule("_blocks.15._project_conv")).numpy()
+    shown = _metrics(at)
+    assert shown["Shape (out x in)"] == "320 x 1152"
+    assert {k: shown[k] for k in ("Effective rank", "Stable rank")} == _expected_ranks(W)
+    assert "Numerical rank of G" in shown and len(at.get("plotly_chart")) == 5  # the Gram of real photographs

@@ -16,13 +16,14 @@ def run(*args, timeout=120):
 
 
 def test_models_lists_every_builtin_model_with_its_metric():
-    result = run("models", "--json")
+    result = run("models", "--json", timeout=300)  # loads and scores all four models
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert list(rows) == ["digits-cnn", "tiny-lm", "minilm"]
+    assert list(rows) == ["digits-cnn", "tiny-lm", "minilm", "efficientnet-lite0"]
     assert rows["digits-cnn"]["metric_name"] == "accuracy" and rows["digits-cnn"]["metric"] > 97
     assert rows["tiny-lm"]["metric_name"] == "perplexity" and 1 < rows["tiny-lm"]["metric"] < 5
     assert rows["minilm"]["metric"] == pytest.approx(1.0)
+    assert rows["efficientnet-lite0"]["metric_name"] == "top1_agreement" and rows["efficientnet-lite0"]["metric"] == 1.0
 
 
 def test_layers_prints_a_table_and_json():

@@ -11,6 +11,10 @@ BUILTIN_MODELS = {
     "digits-cnn": ("dsf_core.models.digits_cnn", "CNN trained on scikit-learn's 8x8 digits (bundled data)"),
     "tiny-lm": ("dsf_core.models.tiny_lm", "small decoder-only transformer trained on Python stdlib text"),
     "minilm": ("dsf_core.models.minilm", "pretrained all-MiniLM-L6-v2 sentence encoder (offline package)"),
+    "efficientnet-lite0": (
+        "dsf_core.models.efficientnet_lite0",
+        "pretrained EfficientNet-Lite0 ImageNet CNN, scored on real photographs (offline packages)",
+    ),
 }
 
 
