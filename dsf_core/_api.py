@@ -20,7 +20,8 @@ from ._validation import (
     check_seed,
     check_weight,
 )
-from .methods._common import BudgetError, Progress
+from .exceptions import BudgetError
+from .methods._common import Progress
 
 
 def factorize(
@@ -96,7 +97,8 @@ def factorize(
 
     factors = list(fit.factors)
     factors[0] = factors[0] * peak if rows is None else factors[0] * peak / rows
-    if rows is not None and len(factors) == 1:  # pruning: the kept weights are W's own, bit for bit
+    if rows is not None and len(factors) == 1 and not fit.info.get("updates_weights"):
+        # pruning: the kept weights are W's own, bit for bit
         factors[0] = torch.where(factors[0] != 0, matrix.to(factors[0]), 0)
     result = Factorization(
         method=method,

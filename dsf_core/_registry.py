@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from .methods import dsf, palm4msa, pruning, svd, tt
+from .methods import dsf, palm4msa, pruning, sparsegpt, svd, tt
+from .methods._common import PATTERNS
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,13 @@ _PALM_K = Option(
     low=1,
 )
 _PROJECTION = Option(str, "splincol", "Sparsity constraint of each factor.", choices=PROJECTIONS)
+_PATTERN = Option(
+    str,
+    "unstructured",
+    "Sparsity pattern: 'unstructured', or 'n:m' (at most n nonzeros in every group of m consecutive "
+    "inputs, e.g. 2:4 for sparse tensor cores; it fixes the density at n/m, which the budget must allow).",
+    choices=PATTERNS,
+)
 
 _SPECS = [
     MethodSpec(
@@ -244,6 +252,22 @@ _SPECS = [
         {},
         pruning.fit_wanda,
         takes_row_weights=False,  # a fixed share of every row: row weights cannot move it
+    ),
+    MethodSpec(
+        "sparsegpt",
+        "SparseGPT: prune column block by column block, updating the weights not yet pruned to "
+        "compensate (optimal brain surgeon updates with the input Gram; the identity data-free).",
+        "optional",
+        {
+            "pattern": _PATTERN,
+            "damp": Option(
+                float, 0.01, "Added to the Gram's diagonal, times its mean diagonal (as the paper's code).", low=0.0
+            ),
+            "blocksize": Option(
+                int, 128, "Columns per block: the mask is chosen per block (rounded up to a multiple of m for n:m).", low=1
+            ),
+        },
+        sparsegpt.fit,
     ),
 ]
 

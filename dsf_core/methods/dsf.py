@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._common import ConvergenceWarning, Fit, budget_error, topk_mask
+from ..exceptions import ConvergenceWarning
+from ._common import Fit, budget_error, topk_mask
 
 _MASK_STEPS = 2  # ADMM steps per sub-problem that may re-choose the support; later ones keep it
 _RIDGE = 1e-2  # ridge added to the normalised Gram of the fixed factor, times its mean diagonal
