@@ -153,6 +153,7 @@ _SPECS = [
                 "'highest' keeps full float32 products. float64 input is not affected.",
                 choices=("highest", "high", "medium"),
             ),
+            "pattern": _PATTERN,
         },
         dsf.fit,
         presets={"quick": {"n_rounds": 18}},
@@ -241,7 +242,7 @@ _SPECS = [
         "magnitude",
         "Magnitude pruning: keep the largest |W_ij| (scaled by sqrt(diag G) with a Gram matrix).",
         "optional",
-        {},
+        {"pattern": _PATTERN},
         pruning.fit_magnitude,
     ),
     MethodSpec(
@@ -249,7 +250,7 @@ _SPECS = [
         "Wanda: in each output row keep the largest |W_ij| * sqrt(G_jj); no weight update "
         "(per-row magnitude without a Gram matrix).",
         "optional",
-        {},
+        {"pattern": _PATTERN},
         pruning.fit_wanda,
         takes_row_weights=False,  # a fixed share of every row: row weights cannot move it
     ),
