@@ -11,12 +11,13 @@ from ._metrics import damp_gram, relative_error, weighted_relative_error
 from ._modules import FactorizedConv2d, FactorizedLinear
 from ._registry import METHODS, MethodSpec, Option
 from ._result import Factorization
-from .methods._common import BudgetError, ConvergenceWarning
+from .exceptions import BudgetError, ConvergenceWarning, DataFreeWarning
 
 __all__ = [
     "METHODS",
     "BudgetError",
     "ConvergenceWarning",
+    "DataFreeWarning",
     "Factorization",
     "FactorizedConv2d",
     "FactorizedLinear",

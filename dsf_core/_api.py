@@ -20,8 +20,9 @@ from ._validation import (
     check_seed,
     check_weight,
 )
+from .exceptions import BudgetError
 from .limits import check_bytes
-from .methods._common import BudgetError, Progress
+from .methods._common import Progress
 
 
 def factorize(
@@ -100,7 +101,8 @@ def factorize(
     factors[0] = times_power_of_two(factors[0], exponent)
     if rows is not None:
         factors[0] = factors[0] / rows
-        if len(factors) == 1:  # pruning: the kept weights are W's own, bit for bit
+        if len(factors) == 1 and not fit.info.get("updates_weights"):
+            # pruning: the kept weights are W's own, bit for bit
             factors[0] = torch.where(factors[0] != 0, matrix.to(factors[0]), 0)
     if not all(bool(torch.isfinite(f).all()) for f in factors):
         raise ValueError(

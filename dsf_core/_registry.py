@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from .methods import dsf, palm4msa, pruning, svd, tt
+from .methods import dsf, palm4msa, pruning, sparsegpt, svd, tt
+from .methods._common import PATTERNS
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,13 @@ _PALM_K = Option(
     at_most_largest_side=True,
 )
 _PROJECTION = Option(str, "splincol", "Sparsity constraint of each factor.", choices=PROJECTIONS)
+_PATTERN = Option(
+    str,
+    "unstructured",
+    "Sparsity pattern: 'unstructured', or 'n:m' (at most n nonzeros in every group of m consecutive "
+    "inputs, e.g. 2:4 for sparse tensor cores; it fixes the density at n/m, which the budget must allow).",
+    choices=PATTERNS,
+)
 
 _SPECS = [
     MethodSpec(
@@ -175,6 +183,7 @@ _SPECS = [
                 "'highest' keeps full float32 products. float64 input is not affected.",
                 choices=("highest", "high", "medium"),
             ),
+            "pattern": _PATTERN,
         },
         dsf.fit,
         presets={"quick": {"n_rounds": 18}},
@@ -269,7 +278,7 @@ _SPECS = [
         "magnitude",
         "Magnitude pruning: keep the largest |W_ij| (scaled by sqrt(diag G) with a Gram matrix).",
         "optional",
-        {},
+        {"pattern": _PATTERN},
         pruning.fit_magnitude,
     ),
     MethodSpec(
@@ -277,9 +286,25 @@ _SPECS = [
         "Wanda: in each output row keep the largest |W_ij| * sqrt(G_jj); no weight update "
         "(per-row magnitude without a Gram matrix).",
         "optional",
-        {},
+        {"pattern": _PATTERN},
         pruning.fit_wanda,
         takes_row_weights=False,  # a fixed share of every row: row weights cannot move it
+    ),
+    MethodSpec(
+        "sparsegpt",
+        "SparseGPT: prune column block by column block, updating the weights not yet pruned to "
+        "compensate (optimal brain surgeon updates with the input Gram; the identity data-free).",
+        "optional",
+        {
+            "pattern": _PATTERN,
+            "damp": Option(
+                float, 0.01, "Added to the Gram's diagonal, times its mean diagonal (as the paper's code).", low=0.0
+            ),
+            "blocksize": Option(
+                int, 128, "Columns per block: the mask is chosen per block (rounded up to a multiple of m for n:m).", low=1
+            ),
+        },
+        sparsegpt.fit,
     ),
 ]
 

@@ -43,3 +43,21 @@ def minilm_weight(name: str = "attention.self.query", layer: int = 2) -> torch.T
     if not keys:
         raise KeyError(f"No weight named '...{suffix}' in {files[0]}.")
     return state[keys[0]].float()
+
+
+def minilm_grams(layers, sentences: int = 64) -> dict[tuple[str, int], torch.Tensor]:
+    """Undamped input Grams of ``all-MiniLM-L6-v2`` layers, e.g. ``[("attention.self.query", 2)]``,
+    over the first ``sentences`` built-in calibration sentences (padding rows left out)."""
+    from .calibration import collect_grams
+    from .models.loaders import embed
+    from .models.minilm import load_model_and_tokenizer, model_path, read_sentences
+
+    model, tokenizer = load_model_and_tokenizer(model_path())
+    texts = read_sentences("minilm_calibration.txt")[:sentences]
+    names = {f"encoder.layer.{layer}.{name}": (name, layer) for name, layer in layers}
+    grams = {}
+    for text in texts:  # one sentence per batch: no padding tokens enter the Grams
+        batch = dict(tokenizer([text], truncation=True, max_length=256, return_tensors="pt"))
+        for key, gram in collect_grams(model, embed, [batch], list(names), damp=0.0).items():
+            grams[key] = grams.get(key, 0) + gram.double() / len(texts)
+    return {names[key]: gram.float() for key, gram in grams.items()}

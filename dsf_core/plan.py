@@ -39,7 +39,7 @@ def budget_plan(shape: tuple[int, int], density: float) -> dict[str, str]:
     r = min(m, n)
     if allowed < 1:
         reason = f"not possible: density {density} of a {m} x {n} matrix leaves a budget of 0 parameters"
-        return {name: reason for name in ("dsf", "palm4msa", "hierarchical", "svd", "tt", "magnitude", "wanda")}
+        return {name: reason for name in ("dsf", "palm4msa", "hierarchical", "svd", "tt", "magnitude", "wanda", "sparsegpt")}
     describe = {
         "dsf": lambda auto: _dsf_text(m, n, auto["inner_dim"], *dsf._split_budget(allowed, m, n, auto["inner_dim"], None)),
         "palm4msa": lambda auto: f"2 factors ({m}x{r}, {r}x{n}), k = {auto['k']} nonzeros per row and column",
@@ -55,6 +55,7 @@ def budget_plan(shape: tuple[int, int], density: float) -> dict[str, str]:
             plans[method] = f"not possible: {exc}"
     plans["magnitude"] = f"the {allowed:,} largest |W_ij| of {m * n:,}"
     plans["wanda"] = f"{allowed / m:.1f} weights per output row on average (of {n:,}), scored by |W_ij| * ||x_j||"
+    plans["sparsegpt"] = f"keeps {allowed:,} of {m * n:,} weights, chosen per block of 128 columns and updated to compensate"
     return plans
 
 

@@ -90,6 +90,13 @@ def _check_wanda(plan, result):
     assert _number(found[2]) == n
 
 
+def _check_sparsegpt(plan, result):
+    found = re.fullmatch(r"keeps ([\d,]+) of ([\d,]+) weights, chosen per block of (\d+) columns and updated to compensate", plan)
+    assert _number(found[1]) == int(torch.count_nonzero(result.factors[0]))
+    assert _number(found[2]) == result.shape[0] * result.shape[1]
+    assert int(found[3]) == result.options["blocksize"]
+
+
 CHECKS = {
     "dsf": _check_dsf,
     "palm4msa": _check_palm,
@@ -98,6 +105,7 @@ CHECKS = {
     "tt": _check_tt,
     "magnitude": _check_magnitude,
     "wanda": _check_wanda,
+    "sparsegpt": _check_sparsegpt,
 }
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..exceptions import BudgetError
+
 
 @dataclass
 class Fit:
@@ -35,15 +37,6 @@ class Progress:
         if self.callback is not None and self.callback(step, objective) is False:
             self.stopped = True
         return not self.stopped
-
-
-class BudgetError(ValueError):
-    """The budget is below what a method needs: ``needed`` parameters for ``what`` (e.g. "rank 1"),
-    where ``budget`` are allowed."""
-
-    def __init__(self, message: str, *, needed: int, budget: int, what: str):
-        super().__init__(message)
-        self.needed, self.budget, self.what = needed, budget, what
 
 
 def budget_error(method: str, needed: int, budget: int, what: str, shape) -> BudgetError:
@@ -106,5 +99,49 @@ def rowwise_topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
-class ConvergenceWarning(UserWarning):
-    """An iterative method stopped before meeting its tolerance or met a numerical problem."""
+
+# N:M sparsity: at most n nonzeros in every group of m consecutive entries along a matrix's input
+# (column) dimension; a last, shorter group keeps at most n too. 2:4 runs on sparse tensor cores.
+PATTERNS = ("unstructured", "2:4", "4:8", "1:2", "1:4", "2:8", "8:16")
+
+
+def nm_pattern(pattern: str) -> tuple[int, int] | None:
+    """``(n, m)`` of an ``"n:m"`` pattern, None for ``"unstructured"``."""
+    if pattern == "unstructured":
+        return None
+    n, m = (int(part) for part in pattern.split(":"))
+    return n, m
+
+
+def nm_count(shape, n: int, m: int) -> int:
+    """Nonzeros an ``n:m`` pattern keeps in a dense ``rows x cols`` matrix."""
+    rows, cols = shape
+    full, rest = divmod(cols, m)
+    return rows * (full * n + min(n, rest))
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Boolean mask keeping the ``n`` largest scores of each group of ``m`` consecutive columns."""
+    rows, cols = scores.shape
+    full = cols - cols % m
+    parts = []
+    if full:
+        groups = scores[:, :full].reshape(rows, full // m, m)
+        part = torch.zeros_like(groups, dtype=torch.bool)
+        part.scatter_(2, groups.topk(min(n, m), dim=2).indices, True)
+        parts.append(part.reshape(rows, full))
+    if full < cols:
+        parts.append(rowwise_topk_mask(scores[:, full:], n))
+    return torch.cat(parts, dim=1)
+
+
+def check_pattern_budget(method: str, pattern: tuple[int, int], budget: int, shape) -> int:
+    """The nonzeros the ``(n, m)`` pattern keeps in an ``m x n`` weight; raises BudgetError when they
+    are more than ``budget``."""
+    n, m = pattern
+    needed = nm_count(shape, n, m)
+    if needed > budget:
+        rows, cols = shape
+        what = f"the {n}:{m} pattern (density {needed / (rows * cols):.3g})"
+        raise budget_error(method, needed, budget, what, shape)
+    return needed

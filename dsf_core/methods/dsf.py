@@ -3,6 +3,10 @@
 Alternating minimisation: fix one factor, solve the sparse least-squares problem for the other by
 a few ADMM steps, swap. Works on ``W' = W diag(s)`` with ``s = sqrt(diag G)`` when a Gram matrix is
 given, and finishes with a refit of ``A`` against the full activation-weighted objective.
+
+With an ``n:m`` pattern, each factor's support search projects onto the pattern along the factor's
+input dimension (the columns of ``A`` and of ``B``) instead of its top-k; the pattern fixes both
+factors' nonzeros, so the budget decides the inner dimension instead of the split.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from ._common import ConvergenceWarning, Fit, budget_error, topk_mask
+from ..exceptions import ConvergenceWarning
+from ._common import Fit, budget_error, nm_count, nm_mask, nm_pattern, topk_mask
 
 _MASK_STEPS = 2  # ADMM steps per sub-problem that may re-choose the support; later ones keep it
 _RIDGE = 1e-2  # ridge added to the normalised Gram of the fixed factor, times its mean diagonal
@@ -27,6 +32,8 @@ class _Sparse:
     z: torch.Tensor
     u: torch.Tensor
     nnz: int
+    group: tuple[int, int] | None = None  # an n:m pattern, which replaces the top-nnz support
+    axis: int = 1  # the axis of z along which the pattern's groups run
 
 
 def fit(
@@ -43,15 +50,24 @@ def fit(
     tol,
     refit_steps,
     matmul_precision,
+    pattern,
 ):
     with float32_matmul_precision(matmul_precision):
-        return _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps, tol, refit_steps)
+        return _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps, tol, refit_steps, pattern)
 
 
-def _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps, tol, refit_steps):
+def _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps, tol, refit_steps, pattern):
     m, n = W.shape
-    r = inner_dim or min(m, n)
-    nnz_small, nnz_large = _split_budget(budget, m, n, r, split)
+    group = nm_pattern(pattern)
+    if group is None:
+        r = inner_dim or min(m, n)
+        nnz_small, nnz_large = _split_budget(budget, m, n, r, split)
+    else:
+        if split is not None:
+            raise ValueError("dsf: the option 'split' does not apply with an n:m pattern (the pattern fixes both factors).")
+        r = _pattern_inner_dim(budget, m, n, group, inner_dim)
+        nnz_a, nnz_b = nm_count((m, r), *group), nm_count((r, n), *group)
+        nnz_small, nnz_large = (nnz_a, nnz_b) if m <= n else (nnz_b, nnz_a)
     scale = _input_scale(gram, W)
     target = W * scale  # W' = W diag(s)
     info = {"inner_dim": r, "nnz_budget": (nnz_small, nnz_large) if m <= n else (nnz_large, nnz_small)}
@@ -64,7 +80,8 @@ def _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps
     # Work on the wide orientation: wide ~ small (p x r) @ large (r x q), p <= q.
     wide = target if m <= n else target.T
     wide_norm = torch.linalg.norm(wide)
-    small, large = _initial_factors(wide, r, nnz_small, nnz_large)
+    # A's and B's input dimensions are the columns of small and large, or their rows when transposed.
+    small, large = _initial_factors(wide, r, nnz_small, nnz_large, group, 1 if m <= n else 0)
 
     previous = math.inf
     rounds_run = 0
@@ -133,6 +150,20 @@ def _split_budget(budget: int, m: int, n: int, r: int, split):
     return nnz_small, nnz_large
 
 
+def _pattern_inner_dim(budget: int, m: int, n: int, group, inner_dim) -> int:
+    """``inner_dim``, or the largest ``r <= min(m, n)`` at which both factors under the ``n:m``
+    pattern fit the budget; BudgetError when that ``r`` does not fit."""
+
+    def needed(r):
+        return nm_count((m, r), *group) + nm_count((r, n), *group)
+
+    r = inner_dim or next((r for r in range(min(m, n), 1, -1) if needed(r) <= budget), 1)
+    if needed(r) > budget:
+        what = f"the {group[0]}:{group[1]} pattern on both factors at inner dimension {r} (density {needed(r) / (m * n):.3g})"
+        raise budget_error("dsf", needed(r), budget, what, (m, n))
+    return r
+
+
 def _input_scale(gram, W):
     """``s = sqrt(diag G)`` divided by its maximum (ones when data-free), kept away from zero for
     dead inputs. A common factor of ``s`` changes nothing, so it is dropped to avoid overflow."""
@@ -142,24 +173,32 @@ def _input_scale(gram, W):
     return (s / s.max()).clamp_min(1e-8)
 
 
-def _initial_factors(wide, r, nnz_small, nnz_large):
-    """Small factor = (rectangular) identity; large factor = magnitude pruning at half its budget."""
+def _initial_factors(wide, r, nnz_small, nnz_large, group, axis):
+    """Small factor = (rectangular) identity; large factor = magnitude pruning at half its budget
+    (under a pattern: the pattern's magnitude pruning)."""
     p, q = wide.shape
-    small = torch.eye(p, r, dtype=wide.dtype, device=wide.device)
+    eye = torch.eye(p, r, dtype=wide.dtype, device=wide.device)
     rows = torch.zeros(r, q, dtype=wide.dtype, device=wide.device)
     k = min(r, p)
     rows[:k] = wide[:k]
-    large = rows * topk_mask(rows.abs(), max(nnz_large // 2, 1))
-    nnz_small_init = min(nnz_small, k)
-    small = small * topk_mask(small.abs(), nnz_small_init)
-    return (
-        _Sparse(small, torch.zeros_like(small), nnz_small),
-        _Sparse(large, torch.zeros_like(large), nnz_large),
-    )
+    small = _Sparse(eye, torch.zeros_like(eye), nnz_small, group, axis)
+    large = _Sparse(rows, torch.zeros_like(rows), nnz_large, group, axis)
+    small.z = eye * _support(eye, replace(small, nnz=min(nnz_small, k)))
+    large.z = rows * _support(rows, replace(large, nnz=max(nnz_large // 2, 1)))
+    return small, large
 
 
 def _transposed(state: _Sparse) -> _Sparse:
-    return _Sparse(state.z.T, state.u.T, state.nnz)
+    return replace(state, z=state.z.T, u=state.u.T, axis=1 - state.axis)
+
+
+def _support(values: torch.Tensor, state: _Sparse) -> torch.Tensor:
+    """Where ``state``'s factor may be nonzero for these ``values``: the ``nnz`` largest, or the
+    largest ``n`` of each group of ``m`` along ``state.axis``."""
+    scores = values.abs()
+    if state.group is None:
+        return topk_mask(scores, state.nnz)
+    return nm_mask(scores, *state.group) if state.axis == 1 else nm_mask(scores.T, *state.group).T
 
 
 def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int) -> _Sparse:
@@ -188,13 +227,13 @@ def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int) -> _Spar
     for step in range(steps):
         v = x.add_(u)
         if step < _MASK_STEPS:
-            off_support = (~topk_mask(v.abs(), state.nnz)).to(v.dtype)
+            off_support = (~_support(v, state)).to(v.dtype)
             sign = 1.0 - 2.0 * off_support  # +1 on the support, -1 off it
         u = v * off_support  # new dual: u + x - z, zero on the support
         if step < steps - 1:
             x = inverse @ torch.addcmul(rhs, v, sign)  # rhs + z - u = rhs + v - 2 u
     z = v.sub_(u)
-    return _Sparse(z.div_(scale), u.div_(scale), state.nnz)
+    return replace(state, z=z.div_(scale), u=u.div_(scale))
 
 
 def _refit_left(W, a, b, gram, steps: int):

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ._common import ConvergenceWarning, Fit, budget_error, topk_mask
+from ..exceptions import ConvergenceWarning
+from ._common import Fit, budget_error, topk_mask
 
 _STEP_MARGIN = 1.001  # c = 1.001 * lambda^2 ||R||_2^2 ||L||_2^2
 _POWER_RTOL = 1e-6  # a power iteration stops when its estimate changes by less than this

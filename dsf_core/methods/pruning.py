@@ -3,25 +3,30 @@ values (no update); the result is one sparse factor ``W * mask``.
 
 Both score ``|W_ij| * s_j`` with ``s_j = sqrt(G_jj)`` (``s = 1`` without a Gram matrix).
 Magnitude keeps the ``budget`` best scores of the whole matrix, Wanda the best of each output row.
+With an ``n:m`` pattern both keep the ``n`` best scores of every group of ``m`` consecutive inputs.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._common import Fit, rowwise_topk_mask, topk_mask
+from ._common import Fit, check_pattern_budget, nm_mask, nm_pattern, rowwise_topk_mask, topk_mask
 
 
-def fit_magnitude(W, *, budget, gram, generator, progress):
+def fit_magnitude(W, *, budget, gram, generator, progress, pattern):
     """The ``budget`` best scores of the whole matrix."""
     scores = _scores(W, gram)
+    if nm_pattern(pattern) is not None:
+        return _pruned(W, scores, _pattern_mask("magnitude", scores, pattern, budget), progress)
     return _pruned(W, scores, topk_mask(scores, budget), progress)
 
 
-def fit_wanda(W, *, budget, gram, generator, progress):
+def fit_wanda(W, *, budget, gram, generator, progress, pattern):
     """``budget // m`` entries per row; the ``budget % m`` left over go, one each, to the rows whose
     next-best score is highest (so exactly ``budget`` are kept, also when ``budget < m``)."""
     scores = _scores(W, gram)
+    if nm_pattern(pattern) is not None:
+        return _pruned(W, scores, _pattern_mask("wanda", scores, pattern, budget), progress)
     per_row, extra = divmod(budget, W.shape[0])
     mask = rowwise_topk_mask(scores, per_row)
     if extra:
@@ -29,6 +34,13 @@ def fit_wanda(W, *, budget, gram, generator, progress):
         rows = topk_mask(next_best, extra)
         mask[rows, column[rows]] = True
     return _pruned(W, scores, mask, progress)
+
+
+def _pattern_mask(method, scores, pattern, budget):
+    """The ``n:m`` mask of the best scores; BudgetError when the pattern needs more than ``budget``."""
+    group = nm_pattern(pattern)
+    check_pattern_budget(method, group, budget, tuple(scores.shape))
+    return nm_mask(scores, *group)
 
 
 def _scores(W: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,125 @@
+"""Our ``sparsegpt`` side by side with the public reference (IST-DASLab/sparsegpt), and every
+pruning method at density 0.5 unstructured and 2:4, on real MiniLM layers with activation Grams.
+
+    python benchmarks/bench_sparsegpt.py --reference DIR [--threads 2] [--sentences 128]
+
+``DIR`` (or the environment variable ``SPARSEGPT_REFERENCE``) holds the reference's ``sparsegpt.py``
+and ``quant.py`` (e.g. ``git --git-dir=<clone>.git show HEAD:sparsegpt.py > DIR/sparsegpt.py``); it is
+imported from there and never part of this project. Both get the same damped Gram (1% of its mean
+diagonal, as the app damps), each adds its own 1% damping, and both run in this process, alternating,
+on the same thread count. Errors are activation-weighted, against the undamped Gram.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import dsf_core  # noqa: E402
+from _tables import print_table  # noqa: E402
+from dsf_core.examples import minilm_grams, minilm_weight  # noqa: E402
+
+LAYER_TYPES = ("attention.self.query", "attention.self.key", "attention.self.value",
+               "attention.output.dense", "intermediate.dense", "output.dense")
+DEPTHS = (1, 4)
+PATTERNS = ("unstructured", "2:4", "4:8")
+
+
+def load_reference(directory):
+    """The reference's ``SparseGPT`` class, or None (with a message) when ``directory`` lacks it."""
+    if not directory or not os.path.isfile(os.path.join(directory, "sparsegpt.py")):
+        print(f"# reference SparseGPT not found (looked in {directory!r}; pass --reference DIR or set "
+              "SPARSEGPT_REFERENCE): its columns are left out.")
+        return None
+    sys.path.insert(0, directory)
+    module = importlib.import_module("sparsegpt")
+    if not torch.cuda.is_available():  # it synchronizes a GPU unconditionally at the end of a prune
+        torch.cuda.synchronize = lambda *args, **kwargs: None
+    return module.SparseGPT
+
+
+def reference_prune(SparseGPT, W, gram, pattern):
+    """Prune ``W`` with the reference at density 0.5 (unstructured) or ``pattern``; return (result, s)."""
+    layer = torch.nn.Linear(W.shape[1], W.shape[0], bias=False)
+    layer.weight.data = W.clone()
+    pruner = SparseGPT(layer)
+    pruner.H = gram.clone()
+    n, m = (0, 0) if pattern == "unstructured" else map(int, pattern.split(":"))
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its own time and error
+        pruner.fasterprune(0.5, prunen=m - n, prunem=m, blocksize=128, percdamp=0.01)
+    return layer.weight.data.clone(), time.perf_counter() - start
+
+
+def ours(W, gram, pattern, method="sparsegpt"):
+    options = {"pattern": pattern} if "pattern" in dsf_core.METHODS[method].options else {}
+    start = time.perf_counter()
+    result = dsf_core.factorize(W, method, density=0.5, gram=gram, **options)
+    return result.to_matrix(), time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", default=os.environ.get("SPARSEGPT_REFERENCE"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sentences", type=int, default=128, help="calibration sentences for the Grams")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timed runs of each; medians reported")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# SparseGPT benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu "
+          f"({platform.processor() or 'CPU'}), {os.cpu_count()} CPU cores, {args.sentences} calibration sentences")
+    SparseGPT = load_reference(args.reference)
+    layers = [(name, depth) for depth in DEPTHS for name in LAYER_TYPES]
+    grams = minilm_grams(layers, args.sentences)
+
+    rows, pruning_rows, ratios = [], [], []
+    for name, depth in layers:
+        W, G = minilm_weight(name, depth), grams[(name, depth)]
+        damped = dsf_core.damp_gram(G, 0.01)
+        shape = "x".join(map(str, W.shape))
+        for pattern in PATTERNS:
+            times_ours, times_ref = [], []
+            for _ in range(args.repeats):
+                approx, seconds = ours(W, damped, pattern)
+                times_ours.append(seconds)
+                if SparseGPT is not None:
+                    reference, seconds = reference_prune(SparseGPT, W, damped, pattern)
+                    times_ref.append(seconds)
+            err = dsf_core.weighted_relative_error(W, approx, G)
+            row = [f"{depth}.{name}", shape, pattern, f"{err:.4f}", f"{statistics.median(times_ours):.3f}"]
+            if SparseGPT is not None:
+                ref_err = dsf_core.weighted_relative_error(W, reference, G)
+                ratios.append(err / ref_err)
+                row += [f"{ref_err:.4f}", f"{err / ref_err:.3f}", f"{statistics.median(times_ref):.3f}",
+                        int((reference != 0).sum())]
+            rows.append(row + [int((approx != 0).sum())])
+            if pattern != "4:8":
+                errors = [dsf_core.weighted_relative_error(W, ours(W, damped, pattern, method)[0], G)
+                          for method in ("magnitude", "wanda")]
+                dsf = "" if pattern != "unstructured" else f"{dsf_core.factorize(W, 'dsf', density=0.5, gram=damped).error(W, G):.4f}"
+                pruning_rows.append([f"{depth}.{name}", pattern, *(f"{e:.4f}" for e in errors), f"{err:.4f}", dsf])
+
+    header = ["layer", "shape", "pattern", "ours err", "ours s"]
+    if SparseGPT is not None:
+        header += ["reference err", "err ratio", "reference s", "reference nnz"]
+    print_table("sparsegpt vs the reference (IST-DASLab/sparsegpt), density 0.5, same damped Gram, "
+                f"median of {args.repeats} alternating runs", header + ["ours nnz"], rows)
+    if ratios:
+        print(f"\nerror ratio ours/reference: median {statistics.median(ratios):.3f}, worst {max(ratios):.3f}")
+    print_table("Activation-weighted error at density 0.5 (DSF: unstructured only; it has no pattern here)",
+                ["layer", "pattern", "magnitude", "wanda", "sparsegpt", "dsf"], pruning_rows)
+
+
+if __name__ == "__main__":
+    main()
