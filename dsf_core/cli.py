@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 from ._registry import METHODS
+from .streaming import cli as streaming
 
 EXIT_USAGE = 2
 
@@ -58,8 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--preset", help="a named option set of the method, e.g. quick")
     compress.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a method option")
     compress.add_argument("--out", help="write the compressed checkpoint (.safetensors) here")
-    command("evaluate", _evaluate, "the metric of a model or a compressed checkpoint",
-            ("target", "compressed checkpoint file, or a model as for 'layers'"))
+    streaming.add_compress_arguments(compress)
+    evaluate = command("evaluate", _evaluate, "the metric of a model or a compressed checkpoint",
+                       ("target", "compressed checkpoint file, or a model as for 'layers'"))
+    streaming.add_evaluate_arguments(evaluate)
     return parser
 
 
@@ -91,6 +94,8 @@ def _compress(args) -> int:
     from .stats import dense_file_bytes, flops_per_sample
 
     options = _options(args)
+    if streaming.streams(args):  # a Hugging Face directory: block by block
+        return streaming.compress_command(args, options)
     bundle = _load(args.model)
     result = compress_model(
         bundle, args.method, args.density, layers=args.layers, calibration=args.calibration,
@@ -134,6 +139,8 @@ def _compress(args) -> int:
 def _evaluate(args) -> int:
     from .checkpoint import load_compressed, read_manifest
 
+    if streaming.is_run_directory(args.target):
+        return streaming.evaluate_command(args)
     if os.path.isfile(args.target) and args.target.endswith(".safetensors"):
         manifest = read_manifest(args.target)
         bundle = _load(manifest["model"])

@@ -36,7 +36,8 @@ def config(family: str):
         cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[family]
         return cls(**common, num_key_value_heads=1, max_position_embeddings=64)
     if family == "gpt2":
-        return tf.GPT2Config(vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=2, n_positions=64)
+        return tf.GPT2Config(vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=2, n_positions=64, bos_token_id=0,
+                             eos_token_id=0)
     if family == "opt":
         return tf.OPTConfig(vocab_size=VOCAB, num_hidden_layers=2, hidden_size=32, num_attention_heads=2, ffn_dim=64,
                             word_embed_proj_dim=32, max_position_embeddings=64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import torch
 
@@ -82,17 +83,21 @@ class RunInputs:
         return ranks.shard(self.evaluation)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tokenizer_config.json")
+
+
 def _tokenizer(directory):
+    """The model's own tokenizer (transformers would build an empty one from the config alone)."""
     from transformers import AutoTokenizer
 
+    needs = "--calibration-text and --eval-text need the model's own tokenizer"
+    if not any((Path(directory) / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"'{directory}' has no tokenizer files ({', '.join(TOKENIZER_FILES)}); {needs}.")
     try:
         return AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(
-            f"'{directory}' has no tokenizer that loads ({reason[:200]}); --calibration-text and --eval-text "
-            "need the model's own tokenizer."
-        ) from exc
+        raise ValueError(f"'{directory}' has no tokenizer that loads ({reason[:200]}); {needs}.") from exc
 
 
 def _tokens(tokenizer, path) -> torch.Tensor:
