@@ -26,34 +26,35 @@ def tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>")
 
 
-def config(family: str):
-    """A 2-block, 32-wide config of ``family``."""
+def config(family: str, n_layers: int = 2):
+    """An ``n_layers``-block, 32-wide config of ``family``."""
     prepare_transformers()
     import transformers as tf
 
-    common = dict(vocab_size=VOCAB, num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    common = dict(vocab_size=VOCAB, num_hidden_layers=n_layers, hidden_size=32, num_attention_heads=2, intermediate_size=64)
     if family in ("llama", "mistral", "qwen2"):
         cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[family]
         return cls(**common, num_key_value_heads=1, max_position_embeddings=64)
     if family == "gpt2":
-        return tf.GPT2Config(vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=2, n_positions=64, bos_token_id=0,
+        return tf.GPT2Config(vocab_size=VOCAB, n_layer=n_layers, n_embd=32, n_head=2, n_positions=64, bos_token_id=0,
                              eos_token_id=0)
     if family == "opt":
-        return tf.OPTConfig(vocab_size=VOCAB, num_hidden_layers=2, hidden_size=32, num_attention_heads=2, ffn_dim=64,
+        return tf.OPTConfig(vocab_size=VOCAB, num_hidden_layers=n_layers, hidden_size=32, num_attention_heads=2, ffn_dim=64,
                             word_embed_proj_dim=32, max_position_embeddings=64)
     if family == "bert":
         return tf.BertConfig(**common, max_position_embeddings=64)
     raise ValueError(family)
 
 
-def save_model(family: str, directory, *, seed: int = 0, with_tokenizer: bool = True, shard: str = "20KB") -> Path:
+def save_model(family: str, directory, *, seed: int = 0, with_tokenizer: bool = True, shard: str = "20KB",
+               n_layers: int = 2) -> Path:
     """Save a random ``family`` model (several safetensors shards) and the tokenizer in ``directory``."""
     prepare_transformers()
     from transformers import AutoModel, AutoModelForCausalLM
 
     torch.manual_seed(seed)
     auto = AutoModel if family == "bert" else AutoModelForCausalLM
-    model = auto.from_config(config(family)).eval()
+    model = auto.from_config(config(family, n_layers)).eval()
     with torch.no_grad():  # norms and biases away from their 1/0 start, so that mistakes show
         for name, p in model.named_parameters():
             if p.ndim == 1:

@@ -115,3 +115,46 @@ def test_compress_evaluate_and_export_from_the_command_line(dirs, tmp_path):
     # the same command again is allowed (a previous run of it); another command is not
     code, _, err = finish(start("compress", dirs["llama"], "--method", "wanda", "--density", "0.4", *QUICK, "--out", out))
     assert code == 2 and "different command" in err and "Traceback" not in err
+
+
+def _block_tensors(out):
+    from safetensors.torch import load_file
+
+    return {f.name: load_file(f) for f in sorted(out.glob("block-*.safetensors"))}
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    import signal
+    import time
+
+    from dsf_core.streaming import compress_streaming
+
+    model = save_model("llama", tmp_path / "deep", n_layers=6)
+    args = ("compress", model, "--method", "dsf", "--density", "0.5", *QUICK, "--eval-text", TEXT)
+    whole = compress_streaming(model, "dsf", 0.5, calibration=8, seq_len=16, eval_text=TEXT, out=tmp_path / "whole")
+
+    out = tmp_path / "killed"
+    process = start(*args, "--out", out)
+    deadline = time.monotonic() + 120
+    while not (out / "manifest.json").is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    journal = json.loads((out / "manifest.json").read_text())
+    assert 1 <= journal["blocks_done"] < 6 and not journal["complete"]  # killed mid-run
+
+    code, _, err = finish(start(*args, "--out", out, "--resume", "--density", "0.4"))
+    assert code == 2 and "different command" in err and len(err.strip().splitlines()) == 1
+
+    code, stdout, err = finish(start(*args, "--out", out, "--resume", "--json"))
+    assert code == 0, err
+    assert f"block {journal['blocks_done']}/6: done before" in err
+    summary = json.loads(stdout)
+    assert summary["compressed_perplexity"] == whole.compressed_perplexity
+    assert summary["dense_perplexity"] == whole.dense_perplexity
+    resumed, reference = _block_tensors(out), _block_tensors(tmp_path / "whole")
+    assert list(resumed) == list(reference) and len(resumed) == 6
+    for name in reference:
+        assert resumed[name].keys() == reference[name].keys()
+        for key in reference[name]:
+            assert torch.equal(resumed[name][key], reference[name][key]), (name, key)
