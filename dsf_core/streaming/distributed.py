@@ -19,10 +19,11 @@ class Ranks:
     """This process's place among the run's processes (rank 0 of 1 without ``torchrun``)."""
 
     def __init__(self, device: torch.device):
-        self.rank, self.world = 0, 1
+        self.rank, self.world, self.owned = 0, 1, False
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            if not dist.is_initialized():
+            if not dist.is_initialized():  # a caller's own process group is used, and left open
                 dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+                self.owned = True
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = device
 
@@ -102,5 +103,5 @@ class Ranks:
             dist.barrier()
 
     def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
+        if self.owned and dist.is_initialized():
             dist.destroy_process_group()

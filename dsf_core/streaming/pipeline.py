@@ -23,7 +23,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,6 @@ class StreamResult:
     compressed_perplexity: float | None = None
     seconds: float = 0.0
     out: str | None = None
-    extras: dict = field(default_factory=dict)
 
     @property
     def n_params_dense(self) -> int:

@@ -96,9 +96,6 @@ class OutputStore:
     def write_block(self, index: int, layers: dict, reports: list[dict]) -> None:
         """Store block ``index``'s factorized layers (``{name: FactorizedLinear}``) and reports,
         then record the block as done in the manifest."""
-        if not self.writer:
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
         tensors, entries = {}, {}
         for name, module in layers.items():
             for i, factor in enumerate(module.factors):
@@ -113,8 +110,10 @@ class OutputStore:
                 "sparse": [f.layout == torch.sparse_csr for f in module.factors],
                 "conv": None,
             }
-        tensors = {key: value.detach().cpu() for key, value in tensors.items()}
-        self._replace(block_file(index), lambda path: save_file(unshared(tensors), path, metadata={"format": FORMAT}))
+        if self.writer:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tensors = unshared({key: value.detach().cpu() for key, value in tensors.items()})
+            self._replace(block_file(index), lambda path: save_file(tensors, path, metadata={"format": FORMAT}))
         self.manifest["layers"].update(entries)
         done = {r["name"] for r in reports}
         self.manifest["reports"] = [r for r in self.manifest["reports"] if r["name"] not in done] + reports
@@ -122,9 +121,9 @@ class OutputStore:
         self.write_manifest()
 
     def write_manifest(self, **extra) -> None:
+        self.manifest.update(extra)
         if not self.writer:
             return
-        self.manifest.update(extra)
         text = json.dumps(self.manifest, indent=1)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._replace(MANIFEST, lambda path: Path(path).write_text(text))
