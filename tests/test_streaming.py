@@ -106,3 +106,16 @@ def test_perplexity_before_and_after_matches_the_whole_model(model_dirs, tmp_pat
     compressed = load_compressed(tmp_path / "out")
     assert result.compressed_perplexity == pytest.approx(dense.evaluate(compressed)["perplexity"], rel=1e-5)
     assert result.compressed_perplexity != pytest.approx(result.dense_perplexity, rel=1e-3)
+
+
+def test_bfloat16_forward_keeps_float32_factors_and_the_same_result(model_dirs, tmp_path):
+    runs = {dtype: compress_streaming(model_dirs["llama"], "wanda", 0.5, calibration=8, seq_len=SEQ_LEN, dtype=dtype,
+                                      eval_text=TEXT, out=tmp_path / dtype) for dtype in ("float32", "bfloat16")}
+    assert runs["bfloat16"].compressed_perplexity == pytest.approx(runs["float32"].compressed_perplexity, rel=0.01)
+    for low, full in zip(runs["bfloat16"].layers, runs["float32"].layers):
+        assert low.weighted_error == pytest.approx(full.weighted_error, abs=0.01)
+    model = load_compressed(tmp_path / "bfloat16", dtype="bfloat16")
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.model.layers[0].mlp.down_proj.factor_0.dtype == torch.float32
+    ids = _tokens()
+    assert _outputs(model, ids).dtype == torch.bfloat16

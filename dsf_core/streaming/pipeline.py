@@ -104,8 +104,15 @@ class Stream:
 
     @torch.no_grad()
     def advance(self, block: nn.Module, index: int) -> None:
+        """The batches through block ``index``, in place."""
         run = self.forward(index)
         self.hidden = [run(block, j) for j in range(len(self.hidden))]
+
+    def advanced(self, block: nn.Module, index: int) -> "Stream":
+        """A new stream: the batches through block ``index`` (this one is left as it is)."""
+        twin = Stream(list(self.hidden), self.calls)
+        twin.advance(block, index)
+        return twin
 
 
 def compress_streaming(
@@ -146,67 +153,99 @@ def compress_streaming(
     command = {"method": method, "density": density, "options": options, "settings": settings}
     ranks = Ranks(inputs.device)
     try:
-        ranks.agree(json.dumps({**command, "model": source.fingerprint()}, sort_keys=True))
-        if inputs.calibration and len(inputs.calibration) < ranks.world:
-            raise ValueError(
-                f"{len(inputs.calibration)} calibration batch(es) of up to {BATCH} samples cannot be shared by "
-                f"{ranks.world} processes; give more calibration samples."
-            )
-        chosen = _chosen_layers(source, layers)
-        store = None
-        if out is not None:
-            store = OutputStore(out, {"command": command, "model": source.fingerprint()}, resume=resume, writer=ranks.writer)
-        elif resume:
-            raise ValueError("--resume needs --out (the directory of the run to continue).")
+        run = _Run(source, inputs, ranks, spec, method, density, options, damp, bool(sequential))
+        run.check(command, layers, out, resume)
         result = StreamResult(method, density, dict(options), settings, [], out=None if out is None else str(out))
 
+        # 1. inputs: what the first block receives, and every block's other arguments
         source.materialize(source.model, "", device=inputs.device, dtype=inputs.dtype, skip=(source.family.blocks,))
         calib = _capture(source, ranks.shard(inputs.calibration))
         evals = _capture(source, ranks.shard(inputs.evaluation)) if inputs.evaluation else None
         dense_eval = Stream(list(evals.hidden), evals.calls) if evals else None
-        meter = Progress(progress if ranks.writer else None, [sum(m * n for _, (m, n) in block) for block in chosen])
+        meter = Progress(progress if ranks.writer else None, [sum(m * n for _, (m, n) in b) for b in run.chosen])
 
+        # 2. per block: onload, calibrate, compress, propagate, write, free
         for index in range(len(source.blocks)):
-            names = [name for name, _ in chosen[index]]
-            if store is not None and index < store.blocks_done:
-                _replay(source, store, index, names, calib, dense_eval, evals, inputs, sequential)
+            if run.store is not None and index < run.store.blocks_done:
+                calib = run.replay(index, calib, dense_eval, evals)
                 meter.skip(index)
                 continue
             block = _load_block(source, index, inputs)
             if dense_eval is not None:
                 dense_eval.advance(block, index)
-            if not sequential:  # Grams from the dense block: its output goes on, dense
-                dense_out = Stream(list(calib.hidden), calib.calls)
-                dense_out.advance(block, index)
-            compressed, reports = _compress_block(
-                block, index, names, calib, ranks, method, density, options, spec, damp, sequential, meter,
-                source.family.blocks,
-            )
-            if sequential:
-                calib.advance(block, index)
-            else:
-                calib = dense_out
+            dense_out = None if sequential else calib.advanced(block, index)  # independent: Grams and outputs dense
+            compressed, reports = run.compress_block(block, index, calib, meter)
+            calib = calib.advanced(block, index) if sequential else dense_out
             if evals is not None:
                 evals.advance(block, index)
-            if store is not None:
-                store.write_block(index, compressed, [_report_dict(r) for r in reports])
-                ranks.barrier()
+            run.write(index, compressed, reports)
             result.layers.extend(reports)
             del block, compressed
+
+        # 3. head: perplexity before and after
         if evals is not None and source.family.causal:
             result.dense_perplexity = _perplexity(source, dense_eval, inputs.evaluation_tokens(ranks), ranks)
             result.compressed_perplexity = _perplexity(source, evals, inputs.evaluation_tokens(ranks), ranks)
-        if store is not None:
-            result.layers = [_report_of(r) for r in store.manifest["reports"]]
         result.seconds = time.perf_counter() - start
-        if store is not None:
-            store.write_manifest(
+        if run.store is not None:
+            result.layers = [_report_of(r) for r in run.store.manifest["reports"]]  # with the resumed blocks'
+            run.store.write_manifest(
                 complete=True, dense_perplexity=result.dense_perplexity,
                 compressed_perplexity=result.compressed_perplexity, seconds=round(result.seconds, 3),
             )
         return result
     finally:
         ranks.close()
+
+
+@dataclass
+class _Run:
+    """One run's fixed parts, with the stages that need them."""
+
+    source: ModelSource
+    inputs: RunInputs
+    ranks: Ranks
+    spec: object
+    method: str
+    density: float
+    options: dict
+    damp: float
+    sequential: bool
+    chosen: list | None = None
+    store: OutputStore | None = None
+
+    def check(self, command: dict, layers, out, resume: bool) -> None:
+        """Everything that can fail before the long work: the processes agree, the batches go round,
+        the layers are streamable, the output directory is new or this command's."""
+        fingerprint = self.source.fingerprint()
+        self.ranks.agree(json.dumps({**command, "model": fingerprint}, sort_keys=True))
+        if self.inputs.calibration and len(self.inputs.calibration) < self.ranks.world:
+            raise ValueError(
+                f"{len(self.inputs.calibration)} calibration batch(es) of up to {BATCH} samples cannot be shared by "
+                f"{self.ranks.world} processes; give more calibration samples."
+            )
+        self.chosen = _chosen_layers(self.source, layers)
+        if out is not None:
+            self.store = OutputStore(out, {"command": command, "model": fingerprint}, resume=resume,
+                                     writer=self.ranks.writer)
+        elif resume:
+            raise ValueError("--resume needs --out (the directory of the run to continue).")
+
+    def names(self, index: int) -> list[str]:
+        return [name for name, _ in self.chosen[index]]
+
+    def compress_block(self, block, index, calib, meter):
+        return _compress_block(block, index, self.names(index), calib, self.ranks, self.method, self.density,
+                               self.options, self.spec, self.damp, self.sequential, meter, self.source.family.blocks)
+
+    def write(self, index, compressed, reports) -> None:
+        if self.store is not None:
+            self.store.write_block(index, compressed, [_report_dict(r) for r in reports])
+            self.ranks.barrier()
+
+    def replay(self, index, calib, dense_eval, evals):
+        return _replay(self.source, self.store, index, self.names(index), calib, dense_eval, evals, self.inputs,
+                       self.sequential)
 
 
 def _chosen_layers(source: ModelSource, pattern: str | None) -> list[list[tuple[str, tuple[int, int]]]]:
@@ -314,7 +353,7 @@ def _grams(block, forward, batches, names, called_once, damp, ranks) -> dict:
     return grams
 
 
-def _replay(source, store, index, names, calib, dense_eval, evals, inputs, sequential) -> None:
+def _replay(source, store, index, names, calib, dense_eval, evals, inputs, sequential) -> Stream:
     """Block ``index`` as the interrupted run left it: its factors from the output directory; the
     batches run through it (and through the dense block where needed)."""
     prefix = f"{source.family.blocks}.{index}."
@@ -326,15 +365,16 @@ def _replay(source, store, index, names, calib, dense_eval, evals, inputs, seque
         if dense_eval is not None:
             dense_eval.advance(dense, index)
         if not sequential:
-            calib.advance(dense, index)
+            calib = calib.advanced(dense, index)
     compressed = copy.deepcopy(source.blocks[index])
     for name, module in read_layers(store.directory, store.manifest, names, shapes).items():
         set_module(compressed, name[len(prefix):], module.to(inputs.device))
     compressed = source.materialize(compressed, prefix[:-1], device=inputs.device, dtype=inputs.dtype, skip=relative).eval()
     if sequential:
-        calib.advance(compressed, index)
+        calib = calib.advanced(compressed, index)
     if evals is not None:
         evals.advance(compressed, index)
+    return calib
 
 
 @torch.no_grad()
