@@ -71,12 +71,13 @@ class FactorizedLinear(nn.Module):
         return 2 * sum(f.values().numel() if f.layout == torch.sparse_csr else f.numel() for f in self.factors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])  # (T, n)
+        # computes in the factors' dtype (CPU CSR products have no bfloat16), returns the input's
+        rows = x.reshape(-1, x.shape[-1]).to(self.factor_0.dtype)  # (T, n)
         apply = _apply_tt if self.kind == "tt" else _apply_product
         out = apply(self.factors, rows)  # (T, m)
         if self.bias is not None:
             out = out + self.bias
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
 
 
 class FactorizedConv2d(nn.Module):

@@ -79,16 +79,23 @@ def collect_grams(model, forward, batches, names, *, damp: float = 0.01, stop_ea
     (``forward(model, batch)`` runs one). Memory: one ``in x in`` matrix per layer. With
     ``stop_early`` (for layers called once per pass, see :func:`sequential_groups`), each pass
     ends as soon as every named layer has had its input."""
+    accumulators = accumulate_inputs(model, forward, batches, names, stop_early=stop_early)
+    missing = [name for name, acc in accumulators.items() if acc.rows == 0]
+    if missing:
+        raise ValueError(f"The calibration inputs never reached layer(s) {missing}.")
+    return {name: acc.gram(damp) for name, acc in accumulators.items()}
+
+
+@torch.no_grad()
+def accumulate_inputs(model, forward, batches, names, *, stop_early: bool = False) -> dict[str, GramAccumulator]:
+    """The raw accumulators behind :func:`collect_grams` (sums that several processes can add up)."""
     with recording_inputs(model, names, stop_when_seen=stop_early) as accumulators:
         for batch in batches:
             try:
                 forward(model, batch)
             except _InputsSeen:
                 pass
-    missing = [name for name, acc in accumulators.items() if acc.rows == 0]
-    if missing:
-        raise ValueError(f"The calibration inputs never reached layer(s) {missing}.")
-    return {name: acc.gram(damp) for name, acc in accumulators.items()}
+    return accumulators
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import tempfile
 from ._registry import METHODS
 from .models import BUILTIN_MODELS
 from .output_files import check_target
+from .streaming import cli as streaming
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -85,12 +86,15 @@ def _parser() -> argparse.ArgumentParser:
                           "(default: as the model recommends)")
     compress.add_argument("--preset", help="a named option set of the method, e.g. quick")
     compress.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a method option")
-    compress.add_argument("--out", help="write the compressed checkpoint (a safetensors file) here")
+    compress.add_argument("--out", help="write the compressed checkpoint here (a safetensors file; a directory "
+                          "for a streamed run of a Hugging Face directory)")
     compress.add_argument("--overwrite", action="store_true", help="replace an existing --out file (keeping its mode)")
+    streaming.add_compress_arguments(compress)
     evaluate = command("evaluate", _evaluate, "the metric of a model or a compressed checkpoint",
-                       ("target", "compressed checkpoint file, or a model as for 'layers'"))
+                       ("target", "compressed checkpoint file or streamed-run directory, or a model as for 'layers'"))
     evaluate.add_argument("--model", help="the base model of a compressed checkpoint (needed unless the "
                           "checkpoint names a built-in model)")
+    streaming.add_evaluate_arguments(evaluate)
     return parser
 
 
@@ -142,6 +146,8 @@ def _compress(args) -> int:
     from .stats import dense_file_bytes, flops_per_sample
 
     options = _options(args)
+    if streaming.streams(args):  # a Hugging Face directory: block by block
+        return streaming.compress_command(args, options)
     if args.out is not None:  # before any long work: a bad path fails now, not after the run
         check_target(args.out, overwrite=args.overwrite)
     bundle = _load(args.model)
@@ -188,6 +194,8 @@ def _compress(args) -> int:
 def _evaluate(args) -> int:
     from .checkpoint import FORMAT, load_compressed, read_manifest
 
+    if streaming.is_run_directory(args.target):
+        return streaming.evaluate_command(args)
     if _is_compressed_checkpoint(args.target, FORMAT):
         manifest = read_manifest(args.target)
         named = manifest.get("model", "")

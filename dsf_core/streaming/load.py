@@ -1,0 +1,119 @@
+"""Read a streamed run back: the ``transformers`` model with factorized modules in place of the
+compressed layers (:func:`load_compressed`, no dense weight of those layers is ever formed), or an
+ordinary model directory with the products multiplied out (:func:`export_dense`), written one
+shard at a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .._result import Factorization
+from ..layers import list_layers, set_module
+from .inputs import DTYPES, check_run_device
+from .source import ModelSource
+from .store import atomic_write, read_layers, read_manifest
+
+EXPORT_MARKER = "dsf-export.json"
+COPIED_SUFFIXES = (".json", ".txt", ".model", ".tiktoken")  # config, tokenizer, generation settings
+
+
+def open_run(out_dir, model_dir=None) -> tuple[dict, ModelSource]:
+    """The finished run's manifest and its model (``model_dir`` if the model has moved), checked
+    to be the very weights the run compressed."""
+    manifest = read_manifest(out_dir)
+    if not manifest.get("complete"):
+        raise ValueError(f"The run in '{out_dir}' did not finish; finish it with the same command and --resume.")
+    source = ModelSource(model_dir or manifest["model"]["model_dir"])
+    mine, theirs = source.fingerprint(), manifest["model"]
+    if (mine["config_sha256"], mine["shards"]) != (theirs["config_sha256"], theirs["shards"]):
+        raise ValueError(f"The model in '{source.directory}' is not the one the run in '{out_dir}' compressed.")
+    return manifest, source
+
+
+def _layer_shapes(model: nn.Module, names) -> dict:
+    shapes = {layer.name: layer.shape for layer in list_layers(model)}
+    unknown = [name for name in names if name not in shapes]
+    if unknown:
+        raise ValueError(f"The run names layers the model does not have: {unknown[:3]}.")
+    return {name: shapes[name] for name in names}
+
+
+def load_compressed(out_dir, *, model_dir=None, device="cpu", dtype: str = "float32") -> nn.Module:
+    """The compressed model of a streamed run in ``out_dir``, on ``device``, in eval mode: the
+    factorized layers from the run, every other weight from the model's own shards."""
+    manifest, source = open_run(out_dir, model_dir)
+    device = check_run_device(device)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}. Got {dtype!r} instead.")
+    names = list(manifest["layers"])
+    model = source.model
+    for name, module in read_layers(out_dir, manifest, names, _layer_shapes(model, names)).items():
+        set_module(model, name, module.to(device))
+    return source.materialize(model, "", device=device, dtype=DTYPES[dtype], skip=names).eval()
+
+
+def export_dense(out_dir, export_dir, *, model_dir=None) -> Path:
+    """Write the compressed model of ``out_dir`` as an ordinary Hugging Face directory (the model's
+    config, tokenizer and shard layout; each factorized weight replaced by its product, in the
+    weight's own dtype and layout) that ``AutoModel*.from_pretrained`` loads."""
+    manifest, source = open_run(out_dir, model_dir)
+    export = _export_directory(export_dir, manifest)
+    names = list(manifest["layers"])
+    shapes = _layer_shapes(source.model, names)
+    by_key = {source.file_key(name + ".weight"): name for name in names}
+    for shard in sorted(set(source.shards.values())):
+        with safe_open(source.directory / shard, framework="pt") as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        mine = [by_key[key] for key in tensors if key in by_key]
+        for name, module in read_layers(out_dir, manifest, mine, {n: shapes[n] for n in mine}).items():
+            key = source.file_key(name + ".weight")
+            product = _product(module, shapes[name])
+            transposed = type(source.model.get_submodule(name)).__name__ == "Conv1D"  # stores (in, out)
+            tensors[key] = (product.T if transposed else product).to(tensors[key].dtype).contiguous()
+        atomic_write(export / shard, lambda path: save_file(tensors, path, metadata={"format": "pt"}))
+    for file in sorted(source.directory.iterdir()):
+        if file.suffix in COPIED_SUFFIXES and file.is_file() and not file.is_symlink():
+            atomic_write(export / file.name, lambda path: shutil.copyfile(file, path))
+    marker = json.dumps({"from": str(Path(out_dir).resolve()), "command": manifest["command"]})
+    atomic_write(export / EXPORT_MARKER, lambda path: Path(path).write_text(marker))
+    return export
+
+
+def _product(module, shape) -> torch.Tensor:
+    """The dense ``(out, in)`` matrix a factorized module computes with."""
+    factors = [f.to_dense() if f.layout == torch.sparse_csr else f for f in module.factors]
+    return Factorization("", {}, factors, [False] * len(factors), module.kind, tuple(shape)).to_matrix()
+
+
+def _export_directory(export_dir, manifest) -> Path:
+    """The export directory: new, empty, or an earlier export of the same run (never anything else)."""
+    export = Path(export_dir).expanduser()
+    if os.path.lexists(export):
+        if not export.is_dir() or export.is_symlink():
+            raise ValueError(f"--export-dense '{export}' exists and is not a directory.")
+        marker = export / EXPORT_MARKER
+        if any(export.iterdir()):
+            earlier = _marked_command(marker)
+            if earlier != manifest["command"]:
+                raise ValueError(f"--export-dense '{export}' is not empty and holds no export of this run.")
+    export.mkdir(parents=True, exist_ok=True)
+    return export
+
+
+
+def _marked_command(marker: Path):
+    """The command an earlier export recorded in its marker file (None if there is none)."""
+    if not marker.is_file() or marker.is_symlink() or marker.stat().st_size > 1 << 20:
+        return None
+    try:
+        return json.loads(marker.read_text()).get("command")
+    except (ValueError, AttributeError):
+        return None

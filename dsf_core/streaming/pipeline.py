@@ -1,0 +1,413 @@
+"""Compress a Hugging Face model block by block, never holding more than one block's weights.
+
+The pipeline, top to bottom (:func:`compress_streaming`):
+
+1. **inputs**: read the model's skeleton (meta device), materialize only what lies outside the
+   blocks (embeddings, final norm, head), and capture what each block receives on the calibration
+   (and evaluation) batches: one pass with every block replaced by a recorder;
+2. **per block**: load its weights from the shards onto the device; collect its layers' input
+   Grams with hooks (group by group as the layers feed each other, or all at once with
+   ``sequential=False``); factorize its layers; run the batches through it to get the next block's
+   inputs; write its factors; free it;
+3. **head**: perplexity of the dense and the compressed model on the evaluation batches.
+
+Under ``torchrun`` the batches are shared out over the processes and Grams summed; the layers of a
+group are shared out by cost and their factors broadcast (see ``distributed.py``). The result is
+the same as :func:`dsf_core.compress.compress_model` on the whole model with the same calibration
+batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._api import factorize
+from .._registry import get_method
+from ..calibration import accumulate_inputs, sequential_groups
+from ..compress import LayerReport
+from ..layers import list_layers, select_layers, set_module, weight_matrix
+from .distributed import Ranks
+from ..models.loaders import BATCH
+from .inputs import RunInputs
+from .progress import Progress
+from .source import ModelSource
+from .store import OutputStore, read_layers
+
+
+@dataclass
+class StreamResult:
+    """What a streamed run did: per-layer reports, perplexities (causal models with evaluation text)."""
+
+    method: str
+    density: float
+    options: dict
+    settings: dict
+    layers: list[LayerReport]
+    dense_perplexity: float | None = None
+    compressed_perplexity: float | None = None
+    seconds: float = 0.0
+    out: str | None = None
+
+    @property
+    def n_params_dense(self) -> int:
+        return sum(r.n_params_dense for r in self.layers)
+
+    @property
+    def n_params_compressed(self) -> int:
+        return sum(r.n_params for r in self.layers)
+
+
+class _Captured(BaseException):
+    """Ends the capture pass after the last block's recorder (not an ``Exception``, so that no
+    ``except Exception`` in a model can swallow it)."""
+
+
+class _Recorder(nn.Module):
+    """Stands in for block ``index`` during the capture pass: records the call, passes the hidden
+    states on unchanged."""
+
+    def __init__(self, index: int, calls: list, last: bool):
+        super().__init__()
+        self.index, self.calls, self.last = index, calls, last
+
+    def forward(self, hidden, *args, **kwargs):
+        self.calls.append((hidden, args, kwargs))
+        if self.last:
+            raise _Captured
+        return hidden
+
+
+@dataclass
+class Stream:
+    """Batches on their way through the blocks: ``hidden[j]``, the next block's input on batch j;
+    ``calls[j][i]``, the other arguments block i receives on batch j."""
+
+    hidden: list[torch.Tensor]
+    calls: list[list[tuple]]
+
+    def forward(self, index: int):
+        """``forward(block, j)``: block ``index`` on batch j."""
+
+        def run(block, j):
+            args, kwargs = self.calls[j][index]
+            return block(self.hidden[j], *args, **kwargs)
+
+        return run
+
+    @torch.no_grad()
+    def advance(self, block: nn.Module, index: int) -> None:
+        """The batches through block ``index``, in place."""
+        run = self.forward(index)
+        self.hidden = [run(block, j) for j in range(len(self.hidden))]
+
+    def advanced(self, block: nn.Module, index: int) -> "Stream":
+        """A new stream: the batches through block ``index`` (this one is left as it is)."""
+        twin = Stream(list(self.hidden), self.calls)
+        twin.advance(block, index)
+        return twin
+
+
+def compress_streaming(
+    model_dir,
+    method: str,
+    density: float,
+    *,
+    layers: str | None = None,
+    calibration: int = 128,
+    seq_len: int = 32,
+    sequential: bool = True,
+    damp: float = 0.01,
+    device="cpu",
+    dtype: str = "float32",
+    calibration_text=None,
+    eval_text=None,
+    out=None,
+    resume: bool = False,
+    progress=None,
+    **options,
+) -> StreamResult:
+    """Compress the model in ``model_dir`` (a Hugging Face directory of a streaming family) block by
+    block: the blocks' layers matching ``layers`` (glob patterns; all by default) are factorized by
+    ``method`` at ``density``. Calibration: ``calibration`` samples of ``seq_len`` tokens from
+    ``calibration_text`` (the model's tokenizer), else uniform random tokens as the in-memory path
+    draws them. ``dtype`` is the forward's (factorization runs in float32). ``out``: a directory for
+    the factors and the manifest (see ``store.py``); ``resume`` continues a run interrupted there.
+    ``progress`` (a file, e.g. ``sys.stderr``) gets a line per layer with elapsed time and ETA."""
+    start = time.perf_counter()
+    spec = get_method(method)
+    spec.resolve_options(options)  # bad option names or values fail here, before any work
+    source = ModelSource(model_dir)
+    inputs = RunInputs(source, calibration=calibration, seq_len=seq_len, device=device, dtype=dtype,
+                       calibration_text=calibration_text, eval_text=eval_text,
+                       use_data=spec.uses_gram != "no" and calibration > 0)
+    settings = {"calibration": inputs.n_calibration, "sequential": bool(sequential), "damp": damp, "seq_len": seq_len,
+                "dtype": dtype, "layers": layers, **inputs.describe()}
+    command = {"method": method, "density": density, "options": options, "settings": settings}
+    ranks = Ranks(inputs.device)
+    try:
+        run = _Run(source, inputs, ranks, spec, method, density, options, damp, bool(sequential))
+        run.check(command, layers, out, resume)
+        result = StreamResult(method, density, dict(options), settings, [], out=None if out is None else str(out))
+
+        # 1. inputs: what the first block receives, and every block's other arguments
+        source.materialize(source.model, "", device=inputs.device, dtype=inputs.dtype, skip=(source.family.blocks,))
+        calib = _capture(source, ranks.shard(inputs.calibration))
+        evals = _capture(source, ranks.shard(inputs.evaluation)) if inputs.evaluation else None
+        dense_eval = Stream(list(evals.hidden), evals.calls) if evals else None
+        meter = Progress(progress if ranks.writer else None, [sum(m * n for _, (m, n) in b) for b in run.chosen])
+
+        # 2. per block: onload, calibrate, compress, propagate, write, free
+        for index in range(len(source.blocks)):
+            if run.store is not None and index < run.store.blocks_done:
+                calib = run.replay(index, calib, dense_eval, evals)
+                meter.skip(index)
+                continue
+            block = _load_block(source, index, inputs)
+            if dense_eval is not None:
+                dense_eval.advance(block, index)
+            dense_out = None if sequential else calib.advanced(block, index)  # independent: Grams and outputs dense
+            compressed, reports = run.compress_block(block, index, calib, meter)
+            calib = calib.advanced(block, index) if sequential else dense_out
+            if evals is not None:
+                evals.advance(block, index)
+            run.write(index, compressed, reports)
+            result.layers.extend(reports)
+            del block, compressed
+
+        # 3. head: perplexity before and after
+        if evals is not None and source.family.causal:
+            result.dense_perplexity = _perplexity(source, dense_eval, inputs.evaluation_tokens(ranks), ranks)
+            result.compressed_perplexity = _perplexity(source, evals, inputs.evaluation_tokens(ranks), ranks)
+        result.seconds = time.perf_counter() - start
+        if run.store is not None:
+            result.layers = [_report_of(r) for r in run.store.manifest["reports"]]  # with the resumed blocks'
+            run.store.write_manifest(
+                complete=True, dense_perplexity=result.dense_perplexity,
+                compressed_perplexity=result.compressed_perplexity, seconds=round(result.seconds, 3),
+            )
+        return result
+    finally:
+        ranks.close()
+
+
+@dataclass
+class _Run:
+    """One run's fixed parts, with the stages that need them."""
+
+    source: ModelSource
+    inputs: RunInputs
+    ranks: Ranks
+    spec: object
+    method: str
+    density: float
+    options: dict
+    damp: float
+    sequential: bool
+    chosen: list | None = None
+    store: OutputStore | None = None
+
+    def check(self, command: dict, layers, out, resume: bool) -> None:
+        """Everything that can fail before the long work: the processes agree, the batches go round,
+        the layers are streamable, the output directory is new or this command's."""
+        fingerprint = self.source.fingerprint()
+        self.ranks.agree(json.dumps({**command, "model": fingerprint}, sort_keys=True))
+        if self.inputs.calibration and len(self.inputs.calibration) < self.ranks.world:
+            raise ValueError(
+                f"{len(self.inputs.calibration)} calibration batch(es) of up to {BATCH} samples cannot be shared by "
+                f"{self.ranks.world} processes; give more calibration samples."
+            )
+        self.chosen = _chosen_layers(self.source, layers)
+        if out is not None:
+            self.store = OutputStore(out, {"command": command, "model": fingerprint}, resume=resume,
+                                     writer=self.ranks.writer)
+        elif resume:
+            raise ValueError("--resume needs --out (the directory of the run to continue).")
+
+    def names(self, index: int) -> list[str]:
+        return [name for name, _ in self.chosen[index]]
+
+    def compress_block(self, block, index, calib, meter):
+        return _compress_block(block, index, self.names(index), calib, self.ranks, self.method, self.density,
+                               self.options, self.spec, self.damp, self.sequential, meter, self.source.family.blocks)
+
+    def write(self, index, compressed, reports) -> None:
+        if self.store is not None:
+            self.store.write_block(index, compressed, [_report_dict(r) for r in reports])
+            self.ranks.barrier()
+
+    def replay(self, index, calib, dense_eval, evals):
+        return _replay(self.source, self.store, index, self.names(index), calib, dense_eval, evals, self.inputs,
+                       self.sequential)
+
+
+def _chosen_layers(source: ModelSource, pattern: str | None) -> list[list[tuple[str, tuple[int, int]]]]:
+    """Per block, the chosen layers' full names and ``(out, in)`` shapes; a ValueError for a chosen
+    layer outside the blocks (those stay dense in a streamed run)."""
+    prefix = source.family.blocks + "."
+    chosen = select_layers(source.model, pattern)
+    outside = [layer.name for layer in chosen if not layer.name.startswith(prefix)]
+    if outside and pattern:
+        raise ValueError(
+            f"--layers selects {outside[:3]}, outside the blocks; a streamed run compresses block layers only "
+            "(use --in-memory to compress the others)."
+        )
+    per_block = [[] for _ in source.blocks]
+    for layer in chosen:
+        if layer.name.startswith(prefix):
+            per_block[int(layer.name[len(prefix):].split(".")[0])].append((layer.name, layer.shape))
+    return per_block
+
+
+@torch.no_grad()
+def _capture(source: ModelSource, batches: list) -> Stream:
+    """The first block's input and every block's other arguments, per batch: one pass of the model
+    with its blocks replaced by recorders (the blocks' weights are never needed)."""
+    model, family = source.model, source.family
+    blocks = source.blocks
+    records: list[list] = [[] for _ in blocks]
+    recorders = nn.ModuleList(_Recorder(i, records[i], i == len(blocks) - 1) for i in range(len(blocks)))
+    set_module(model, family.blocks, recorders)
+    try:
+        for batch in batches:
+            try:
+                if isinstance(batch, dict):
+                    model(**batch)
+                else:
+                    model(input_ids=batch, use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        set_module(model, family.blocks, blocks)
+    hidden = [hidden for hidden, _, _ in records[0]]
+    calls = [[(args, kwargs) for _, args, kwargs in (records[i][j] for i in range(len(blocks)))] for j in range(len(batches))]
+    return Stream(hidden, calls)
+
+
+def _load_block(source: ModelSource, index: int, inputs, skip=()) -> nn.Module:
+    """A copy of block ``index`` with its weights from the shards on the device (the model's own
+    block stays on the meta device)."""
+    block = copy.deepcopy(source.blocks[index])
+    prefix = f"{source.family.blocks}.{index}"
+    return source.materialize(block, prefix, device=inputs.device, dtype=inputs.dtype, skip=skip).eval()
+
+
+def _compress_block(block, index, names, calib, ranks, method, density, options, spec, damp, sequential, meter, blocks_path):
+    """Factorize the block's chosen layers in place; ``({name: module}, reports)``."""
+    prefix = f"{blocks_path}.{index}."
+    relative = [name[len(prefix):] for name in names]
+    forward = calib.forward(index)
+    batches = range(len(calib.hidden))
+    if not relative:
+        return {}, []
+    if spec.uses_gram == "no" or not batches:
+        groups, use_grams = [(relative, False)], False
+    elif sequential:
+        groups, use_grams = sequential_groups(block, forward, 0, relative), True
+    else:
+        groups, use_grams = [(relative, False)], True
+    modules, reports = {}, []
+    for group, called_once in groups:
+        grams = _grams(block, forward, batches, group, called_once, damp, ranks) if use_grams else dict.fromkeys(group)
+        matrices = {name: weight_matrix(block.get_submodule(name)).float() for name in group}
+        owners = ranks.owners([float(m.numel()) for m in matrices.values()])
+        for name, owner in zip(group, owners):
+            module = block.get_submodule(name)
+            matrix, gram = matrices[name], grams[name]
+            result = stats = None
+            if owner == ranks.rank:
+                result = factorize(matrix, method, density=density, gram=gram, **options)
+                stats = [result.error(matrix), math.nan if gram is None else result.error(matrix, gram), result.seconds]
+            result, stats = ranks.share(result, stats, owner, method=method, options=options, weight_shape=matrix.shape)
+            new = result.to_module(module.bias)
+            set_module(block, name, new)
+            modules[prefix + name] = new
+            reports.append(LayerReport(
+                name=prefix + name, shape=tuple(matrix.shape), n_params_dense=matrix.numel(), n_params=result.n_params,
+                error=stats[0], weighted_error=None if math.isnan(stats[1]) else stats[1], seconds=stats[2],
+            ))
+            meter.layer(index, prefix + name, matrix.numel())
+    return modules, reports
+
+
+def _grams(block, forward, batches, names, called_once, damp, ranks) -> dict:
+    """The damped input Gram of each named layer, over this process's batches summed over all."""
+    accumulators = accumulate_inputs(block, forward, batches, names, stop_early=called_once)
+    grams = {}
+    for name, acc in accumulators.items():
+        total = acc.sum if acc.sum is not None else torch.zeros(1)
+        rows = torch.tensor([float(acc.rows)], dtype=torch.float64, device=total.device)
+        ranks.sum_(total)
+        ranks.sum_(rows)
+        if rows.item() == 0:
+            raise ValueError(f"The calibration inputs never reached layer {name!r}.")
+        acc.sum, acc.rows = total, int(rows.item())
+        grams[name] = acc.gram(damp)
+    return grams
+
+
+def _replay(source, store, index, names, calib, dense_eval, evals, inputs, sequential) -> Stream:
+    """Block ``index`` as the interrupted run left it: its factors from the output directory; the
+    batches run through it (and through the dense block where needed)."""
+    prefix = f"{source.family.blocks}.{index}."
+    relative = [name[len(prefix):] for name in names]
+    shapes = {name: layer.shape for name, layer in ((prefix + l.name, l) for l in list_layers(source.blocks[index])) if name in names}
+    needs_dense = dense_eval is not None or not sequential
+    if needs_dense:
+        dense = _load_block(source, index, inputs)
+        if dense_eval is not None:
+            dense_eval.advance(dense, index)
+        if not sequential:
+            calib = calib.advanced(dense, index)
+    compressed = copy.deepcopy(source.blocks[index])
+    for name, module in read_layers(store.directory, store.manifest, names, shapes).items():
+        set_module(compressed, name[len(prefix):], module.to(inputs.device))
+    compressed = source.materialize(compressed, prefix[:-1], device=inputs.device, dtype=inputs.dtype, skip=relative).eval()
+    if sequential:
+        calib = calib.advanced(compressed, index)
+    if evals is not None:
+        evals.advance(compressed, index)
+    return calib
+
+
+@torch.no_grad()
+def _perplexity(source, stream: Stream, tokens: list[torch.Tensor], ranks) -> float:
+    """exp of the mean next-token cross-entropy of the model's head on the stream's last hidden
+    states, over every process's batches."""
+    model = source.model
+    totals = torch.zeros(2, dtype=torch.float64, device=ranks.device)
+    for hidden, ids in zip(stream.hidden, tokens):
+        for name in source.family.head:
+            module = _optional_submodule(model, name)
+            if module is not None:
+                hidden = module(hidden)
+        logits = hidden[:, :-1].float()
+        target = ids[:, 1:].to(logits.device)
+        totals[0] += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum").double()
+        totals[1] += target.numel()
+    ranks.sum_(totals)
+    return math.exp(float(totals[0] / totals[1]))
+
+
+def _optional_submodule(model, name):
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _report_dict(report: LayerReport) -> dict:
+    return {"name": report.name, "shape": list(report.shape), "n_params_dense": report.n_params_dense,
+            "n_params": report.n_params, "error": report.error, "weighted_error": report.weighted_error,
+            "seconds": round(report.seconds, 3)}
+
+
+def _report_of(row: dict) -> LayerReport:
+    return LayerReport(**{**row, "shape": tuple(row["shape"])})

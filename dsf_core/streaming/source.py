@@ -1,0 +1,221 @@
+"""A Hugging Face model directory read lazily: the model built on the ``meta`` device (no memory),
+every tensor checked against the safetensors headers up front, and the weights of one part of the
+model (a block, or everything outside the blocks) read onto a device only when asked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .._torchvision_compat import prepare_transformers
+from .families import FAMILIES, Family
+
+INDEX = "model.safetensors.index.json"
+MAX_INDEX_BYTES = 50 << 20
+
+
+class ModelSource:
+    """The model in ``directory`` (``config.json`` and safetensors shards): ``model`` is its
+    ``transformers`` skeleton on the ``meta`` device; :meth:`materialize` gives parts of it weights."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory).expanduser().resolve()
+        self.config = _read_config(self.directory)
+        self.family: Family = _family(self.config)
+        self.shards = _shard_map(self.directory)  # tensor name in the files -> shard file
+        self.model = skeleton(self.config, self.family)
+        self._check_tensors()
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.get_submodule(self.family.blocks)
+
+    @property
+    def max_positions(self) -> int | None:
+        return getattr(self.config, "max_position_embeddings", None) or getattr(self.config, "n_positions", None)
+
+    def fingerprint(self) -> dict:
+        """What identifies these weights: the directory, its config and its shards' names and sizes."""
+        config = (self.directory / "config.json").read_bytes()
+        files = sorted(set(self.shards.values()))
+        return {
+            "model_dir": str(self.directory),
+            "config_sha256": hashlib.sha256(config).hexdigest(),
+            "shards": {name: (self.directory / name).stat().st_size for name in files},
+        }
+
+    def materialize(self, module: nn.Module, prefix: str, *, device, dtype, skip=()) -> nn.Module:
+        """Give every meta tensor of ``module`` (called ``prefix`` in the model; ``""`` for the
+        model itself) its value from the shards, on ``device``; floating parameters in ``dtype``.
+        Submodules named in ``skip`` (relative names, and what is under them) are left alone.
+        Tied tensors stay tied; buffers the files do not hold are computed by ``transformers``."""
+        entries, to_init = [], []
+        for name, owner in module.named_modules(remove_duplicate=False):
+            if any(name == s or name.startswith(s + ".") for s in skip):
+                continue
+            for kind in ("_parameters", "_buffers"):
+                for leaf, tensor in getattr(owner, kind).items():
+                    if tensor is not None and tensor.is_meta:
+                        key = ".".join(p for p in (prefix, name, leaf) if p)
+                        stored = kind == "_parameters" or leaf not in owner._non_persistent_buffers_set
+                        entries.append((owner, kind, leaf, key, tensor, stored))
+        made: dict[int, torch.Tensor] = {}
+        values = self.read([key for *_, key, tensor, stored in entries if stored], device=device)
+        for owner, kind, leaf, key, tensor, stored in entries:
+            if id(tensor) not in made:
+                value = values.get(key) if stored else torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+                if value is None:  # a tied alias: its twin holds the value
+                    continue
+                if kind == "_parameters":
+                    value = nn.Parameter(value.to(dtype) if value.is_floating_point() else value, requires_grad=False)
+                made[id(tensor)] = value
+                if not stored:
+                    to_init.append(owner)
+            getattr(owner, kind)[leaf] = made[id(tensor)]
+        for owner, kind, leaf, key, tensor, stored in entries:  # aliases whose twin came later
+            if getattr(owner, kind)[leaf].is_meta:
+                getattr(owner, kind)[leaf] = made[id(tensor)]
+        with torch.no_grad():
+            for owner in to_init:
+                self.model._init_weights(owner)
+        return module
+
+    def read(self, keys, *, device="cpu") -> dict[str, torch.Tensor]:
+        """The named tensors (model names) that the shards hold, one shard opened at a time (so no
+        file stays mapped); names absent from the files (tied aliases) are left out."""
+        by_file = defaultdict(list)
+        for key in keys:
+            file_key = self.file_key(key)
+            if file_key is not None:
+                by_file[self.shards[file_key]].append((key, file_key))
+        out = {}
+        for file, pairs in by_file.items():
+            with safe_open(self.directory / file, framework="pt", device="cpu") as handle:
+                for key, file_key in pairs:
+                    out[key] = handle.get_tensor(file_key).to(device)
+        return out
+
+    def file_key(self, key: str) -> str | None:
+        """The name ``key`` has in the files: as is, or with the base model's prefix dropped or added
+        (hub GPT-2 files lack ``transformer.``; a BERT saved with a head has ``bert.``)."""
+        prefix = getattr(self.model, "base_model_prefix", "") + "."
+        for candidate in (key, key[len(prefix):] if key.startswith(prefix) else None, prefix + key):
+            if candidate in self.shards:
+                return candidate
+        return None
+
+    def _check_tensors(self) -> None:
+        """Every tensor the model stores is in the shards with its shape, before any work starts."""
+        groups = defaultdict(list)  # tied tensors: one group, one of whose names must be in the files
+        for key, tensor in self.model.state_dict(keep_vars=True).items():
+            groups[id(tensor)].append((key, tensor))
+        headers = {}
+        for file in set(self.shards.values()):
+            with safe_open(self.directory / file, framework="pt") as handle:
+                headers.update({k: handle.get_slice(k).get_shape() for k in handle.keys()})
+        for members in groups.values():
+            found = [(key, t, self.file_key(key)) for key, t in members if self.file_key(key) is not None]
+            if not found:
+                key, tensor = members[0]
+                raise ValueError(
+                    f"The shards in '{self.directory}' lack tensor {key!r} (shape {list(tensor.shape)}); "
+                    "the checkpoint is incomplete or not of this model."
+                )
+            for key, tensor, file_key in found:
+                if list(headers[file_key]) != list(tensor.shape):
+                    raise ValueError(
+                        f"Tensor {key!r} in '{self.shards[file_key]}' has shape {list(headers[file_key])}; "
+                        f"the config says {list(tensor.shape)}."
+                    )
+
+
+def skeleton(config, family: Family) -> nn.Module:
+    """The model of ``config`` on the meta device, in eval mode (no weights allocated)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    auto = AutoModelForCausalLM if family.causal else AutoModel
+    with torch.device("meta"):
+        return auto.from_config(config).eval()
+
+
+def is_model_directory(path) -> bool:
+    """Whether ``path`` looks like a Hugging Face model directory (it has a config.json)."""
+    return Path(path).expanduser().is_dir() and (Path(path).expanduser() / "config.json").is_file()
+
+
+def _read_config(directory: Path):
+    if not directory.is_dir():
+        raise FileNotFoundError(f"No such model directory: '{directory}'.")
+    if not (directory / "config.json").is_file():
+        raise ValueError(f"'{directory}' is not a Hugging Face model directory (it has no config.json).")
+    prepare_transformers()
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"'{directory}/config.json' is not a readable model config: {reason}") from exc
+
+
+def _family(config) -> Family:
+    """The config's streaming family, or a ValueError that says whether the in-memory path applies."""
+    if config.model_type in FAMILIES:
+        return FAMILIES[config.model_type]
+    from transformers import MODEL_MAPPING
+
+    in_memory = (
+        "the in-memory path can load it: add --in-memory"
+        if type(config) in MODEL_MAPPING
+        else "nor can the in-memory path load it"
+    )
+    raise ValueError(
+        f"Model type {config.model_type!r} cannot be streamed (streaming supports {', '.join(sorted(FAMILIES))}); "
+        f"{in_memory}."
+    )
+
+
+def _shard_map(directory: Path) -> dict[str, str]:
+    """Tensor name -> shard file name, from the index (every listed shard must exist and hold the
+    names the index gives it) or from the single ``model.safetensors``."""
+    index = directory / INDEX
+    if index.is_file():
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise ValueError(f"'{index}' is over {MAX_INDEX_BYTES} bytes; not a shard index.")
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"'{index}' is not a shard index (a JSON object with a 'weight_map').") from exc
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"'{index}' has a malformed 'weight_map'; expected tensor names mapped to file names.")
+    elif (directory / "model.safetensors").is_file():
+        weight_map = None
+    else:
+        raise ValueError(f"'{directory}' has no model.safetensors and no {INDEX}; only safetensors weights stream.")
+    files = sorted(set(weight_map.values())) if weight_map is not None else ["model.safetensors"]
+    found = {}
+    for name in files:
+        if Path(name).name != name:
+            raise ValueError(f"The shard index names {name!r}; shards must be plain file names in the model directory.")
+        file = directory / name
+        if not file.is_file():
+            raise ValueError(f"Shard '{name}' listed in {INDEX} is missing from '{directory}'.")
+        try:
+            with safe_open(file, framework="pt") as handle:
+                found.update(dict.fromkeys(handle.keys(), name))
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"Shard '{file}' is not a readable safetensors file ({exc}).") from exc
+    if weight_map is not None:
+        wrong = [key for key, name in weight_map.items() if found.get(key) != name]
+        if wrong:
+            raise ValueError(
+                f"Shard index and shards disagree: {wrong[0]!r} is listed in {weight_map[wrong[0]]!r} but "
+                f"{'is in ' + repr(found[wrong[0]]) if wrong[0] in found else 'is in no shard'}."
+            )
+    return found

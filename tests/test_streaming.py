@@ -1,0 +1,121 @@
+"""The streaming compressor on tiny random models of every family it knows, against the in-memory
+path (``compress_model`` on the whole model, same calibration batches) as the oracle."""
+
+import pytest
+import torch
+from _hf_models import TEXT, save_model
+
+from dsf_core import METHODS
+from dsf_core.compress import compress_model
+from dsf_core.models.loaders import load_hf
+from dsf_core.streaming import compress_streaming
+from dsf_core.streaming.load import export_dense, load_compressed
+
+FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bert"]
+SEQ_LEN = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {family: save_model(family, root / family) for family in FAMILIES}
+
+
+def _blocks_pattern(family):
+    return {"gpt2": "transformer.h.*", "opt": "model.decoder.layers.*", "bert": "encoder.layer.*"}.get(family, "model.layers.*")
+
+
+def _outputs(model, ids):
+    with torch.no_grad():
+        if hasattr(model, "lm_head"):
+            return model(input_ids=ids, use_cache=False).logits
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+
+
+def _tokens(n=3, seed=5):
+    return torch.randint(0, 300, (n, SEQ_LEN), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streaming_equals_in_memory_and_reloads(family, model_dirs, tmp_path):
+    directory = model_dirs[family]
+    bundle = load_hf(str(directory), seq_len=SEQ_LEN)
+    memory = compress_model(bundle, "wanda", 0.5, layers=_blocks_pattern(family), calibration=20, evaluate=False)
+    streamed = compress_streaming(directory, "wanda", 0.5, calibration=20, seq_len=SEQ_LEN, out=tmp_path / "out")
+    assert [r.name for r in streamed.layers] == [r.name for r in memory.layers]
+    for mine, theirs in zip(streamed.layers, memory.layers):
+        assert mine.n_params == theirs.n_params
+        assert mine.weighted_error == pytest.approx(theirs.weighted_error, rel=1e-5)
+    model = load_compressed(tmp_path / "out")
+    for name, result in memory.factorizations.items():
+        stored = model.get_submodule(name).factors[0].to_dense()
+        torch.testing.assert_close(stored, result.factors[0], rtol=0, atol=1e-6)
+    ids = _tokens()
+    torch.testing.assert_close(_outputs(model, ids), _outputs(memory.model, ids), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(_outputs(model, ids), _outputs(bundle.model, ids), atol=1e-3)  # it did compress
+
+
+@pytest.mark.parametrize("method, options", [("dsf", {"preset": "quick"}), ("svd", {})])
+@pytest.mark.parametrize("sequential", [True, False])
+def test_factorizing_methods_equal_in_memory(method, options, sequential, model_dirs, tmp_path):
+    from dsf_core import METHODS
+
+    opts = dict(METHODS[method].presets[options["preset"]]) if options else {}
+    bundle = load_hf(str(model_dirs["llama"]), seq_len=SEQ_LEN)
+    memory = compress_model(bundle, method, 0.4, layers="model.layers.*", calibration=20, sequential=sequential,
+                            evaluate=False, **opts)
+    streamed = compress_streaming(model_dirs["llama"], method, 0.4, calibration=20, seq_len=SEQ_LEN,
+                                  sequential=sequential, out=tmp_path / "out", **opts)
+    for mine, theirs in zip(streamed.layers, memory.layers):
+        assert (mine.name, mine.n_params) == (theirs.name, theirs.n_params)
+        assert mine.weighted_error == pytest.approx(theirs.weighted_error, rel=1e-4)
+    ids = _tokens()
+    model = load_compressed(tmp_path / "out")
+    torch.testing.assert_close(_outputs(model, ids), _outputs(memory.model, ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_export_dense_loads_in_plain_transformers(family, model_dirs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    compress_streaming(model_dirs[family], "dsf", 0.5, calibration=8, seq_len=SEQ_LEN, out=tmp_path / "out",
+                       **METHODS["dsf"].presets["quick"])
+    compressed = load_compressed(tmp_path / "out")
+    export_dense(tmp_path / "out", tmp_path / "dense")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "dense", local_files_only=True).eval()
+    ids = _tokens()
+    torch.testing.assert_close(_outputs(plain, ids), _outputs(compressed, ids), rtol=1e-4, atol=1e-4)
+    original = AutoModelForCausalLM.from_pretrained(model_dirs[family], local_files_only=True).eval()
+    assert not torch.allclose(_outputs(plain, ids), _outputs(original, ids), atol=1e-3)
+
+
+def test_perplexity_before_and_after_matches_the_whole_model(model_dirs, tmp_path):
+    directory = model_dirs["llama"]
+    result = compress_streaming(directory, "wanda", 0.5, calibration=8, seq_len=SEQ_LEN, eval_text=TEXT,
+                                out=tmp_path / "out")
+    dense = load_hf(str(directory), seq_len=SEQ_LEN, text_file=str(TEXT))
+    assert result.dense_perplexity == pytest.approx(dense.evaluate(dense.model)["perplexity"], rel=1e-5)
+    compressed = load_compressed(tmp_path / "out")
+    assert result.compressed_perplexity == pytest.approx(dense.evaluate(compressed)["perplexity"], rel=1e-5)
+    assert result.compressed_perplexity != pytest.approx(result.dense_perplexity, rel=1e-3)
+
+
+def test_bfloat16_forward_keeps_float32_factors_and_the_same_result(model_dirs, tmp_path):
+    runs = {dtype: compress_streaming(model_dirs["llama"], "wanda", 0.5, calibration=8, seq_len=SEQ_LEN, dtype=dtype,
+                                      eval_text=TEXT, out=tmp_path / dtype) for dtype in ("float32", "bfloat16")}
+    assert runs["bfloat16"].compressed_perplexity == pytest.approx(runs["float32"].compressed_perplexity, rel=0.01)
+    for low, full in zip(runs["bfloat16"].layers, runs["float32"].layers):
+        assert low.weighted_error == pytest.approx(full.weighted_error, abs=0.01)
+    model = load_compressed(tmp_path / "bfloat16", dtype="bfloat16")
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.model.layers[0].mlp.down_proj.factor_0.dtype == torch.float32
+    ids = _tokens()
+    assert _outputs(model, ids).dtype == torch.bfloat16
