@@ -33,8 +33,8 @@ def main(argv=None) -> int:
     try:
         args = _parser().parse_args(argv)
         return args.run(args)
-    except KeyboardInterrupt:
-        print("interrupted; nothing written", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # a streamed run says what it kept
+        print(str(interrupt) or "interrupted; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the command line shows every failure as one line
         if os.environ.get("DSF_DEBUG"):
@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = command("evaluate", _evaluate, "the metric of a model or a compressed checkpoint",
                        ("target", "compressed checkpoint file or streamed-run directory, or a model as for 'layers'"))
     evaluate.add_argument("--model", help="the base model of a compressed checkpoint (needed unless the "
-                          "checkpoint names a built-in model)")
+                          "checkpoint names a built-in model); for a streamed run, its model directory if it moved")
     streaming.add_evaluate_arguments(evaluate)
     return parser
 

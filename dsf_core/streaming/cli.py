@@ -65,13 +65,20 @@ def compress_command(args, options: dict) -> int:
     writer = int(os.environ.get("RANK", "0")) == 0
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or (os.path.join(scratch, "run") if args.export_dense else None)
-        result = compress_streaming(
-            args.model, args.method, args.density, layers=args.layers,
-            calibration=128 if args.calibration is None else args.calibration, seq_len=seq_len,
-            sequential=True if args.sequential is None else args.sequential, device=args.device or "cpu",
-            dtype=args.dtype or "float32", calibration_text=args.calibration_text, eval_text=args.eval_text,
-            out=out, resume=args.resume, progress=sys.stderr, **options,
-        )
+        try:
+            result = compress_streaming(
+                args.model, args.method, args.density, layers=args.layers,
+                calibration=128 if args.calibration is None else args.calibration, seq_len=seq_len,
+                sequential=True if args.sequential is None else args.sequential, device=args.device or "cpu",
+                dtype=args.dtype or "float32", calibration_text=args.calibration_text, eval_text=args.eval_text,
+                out=out, resume=args.resume, progress=sys.stderr, **options,
+            )
+        except KeyboardInterrupt:
+            if not args.out:
+                raise
+            raise KeyboardInterrupt(
+                f"interrupted; the finished blocks are kept in '{args.out}': the same command with --resume goes on"
+            ) from None
         if args.export_dense and writer:
             export_dense(out, args.export_dense)
     if not writer:
@@ -116,14 +123,14 @@ def evaluate_command(args) -> int:
     from .store import read_manifest
 
     manifest = read_manifest(args.target)
-    model = load_compressed(args.target, device=args.device)
+    model = load_compressed(args.target, model_dir=args.model, device=args.device)
     if args.eval_text and not hasattr(model, "lm_head"):
         raise ValueError("--eval-text (perplexity) applies to causal language models only.")
     rows = [{"metric": key, "value": manifest.get(key)} for key in ("dense_perplexity", "compressed_perplexity")]
     rows.append({"metric": "n_params_compressed", "value": sum(r["n_params"] for r in manifest["reports"])})
     if args.eval_text:
         seq_len = args.seq_len or manifest["command"]["settings"]["seq_len"]
-        chunks = _text_chunks(_tokens(_tokenizer(manifest["model"]["model_dir"]), args.eval_text), seq_len)
+        chunks = _text_chunks(_tokens(_tokenizer(args.model or manifest["model"]["model_dir"]), args.eval_text), seq_len)
         rows.append({"metric": "perplexity", "value": _perplexity(model, _lm_logits, chunks)})
     if args.json:
         print(json.dumps(rows, indent=2))
