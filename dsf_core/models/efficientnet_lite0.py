@@ -34,7 +34,7 @@ from torch import nn
 from .._torchvision_compat import import_torchvision
 from ..layers import set_module
 from ._bundle import ModelBundle
-from .loaders import _agreement, _check_file, _load_into, _read_tensors, _run, check_count, model_device
+from .loaders import _agreement, _check_file, _read_tensors, _run, check_count, load_checked, model_device
 from .photos import PHOTOS, center_box, crop, random_crops, read_photo
 
 ARCHITECTURE = "efficientnet-lite0"
@@ -76,7 +76,7 @@ def load_model(path: Path | None = None) -> nn.Module:
             "(pip install efficientnet-lite-pytorch==0.1.0)."
         ) from exc
     file = _check_file(weights_path() if path is None else path, MAX_WEIGHTS_BYTES)
-    model = _load_into(EfficientNet.from_name(ARCHITECTURE), _read_tensors(file))
+    model = load_checked(EfficientNet.from_name(ARCHITECTURE), _read_tensors(file, MAX_WEIGHTS_BYTES))
     plain_convs(model)
     return model
 
