@@ -16,7 +16,7 @@ from dsf_core.compress import compress_model
 from dsf_core.layers import list_layers, skipped_layers
 from dsf_core.models import efficientnet_lite0 as lite0
 from dsf_core.models import load_builtin
-from dsf_core.models.loaders import _load_into, _read_tensors
+from dsf_core.models.loaders import _read_tensors, load_checked
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_bad_weights_are_refused(tmp_path):
 
 
 def test_plain_convolutions_compute_what_the_package_computes(bundle, images):
-    package = _load_into(EfficientNet.from_name("efficientnet-lite0"), _read_tensors(lite0.weights_path()))
+    package = load_checked(EfficientNet.from_name("efficientnet-lite0"), _read_tensors(lite0.weights_path()))
     x = images[::15]  # four crops of different photographs
     with torch.no_grad():
         torch.testing.assert_close(bundle.model(x), package(x), rtol=1e-5, atol=1e-5)
