@@ -2,6 +2,10 @@
 
 import sys
 
-from .cli import main
+try:  # Ctrl-C while the libraries are still importing is one line too
+    from .cli import main
+except KeyboardInterrupt:
+    print("interrupted; nothing written", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())
