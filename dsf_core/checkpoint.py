@@ -181,7 +181,10 @@ def _check_layer_fits(name: str, layer: dict, base_model: nn.Module) -> None:
         raise ValueError(f"The checkpoint stores {name!r} as a convolution; the model's layer is not one.")
 
 
-def _rebuild_layer(name: str, layer: dict, stored: dict, original: nn.Module, used: set) -> nn.Module:
+def _rebuild_layer(name: str, layer: dict, stored: dict, original: nn.Module | None = None, used: set | None = None) -> nn.Module:
+    """The factorized module of one manifest entry, every tensor checked; the keys it reads are added
+    to ``used``. With the ``original`` layer, its bias must be stored exactly when the layer has one."""
+    used = set() if used is None else used
     factors = []
     for i, (shape, is_sparse) in enumerate(zip(layer["shapes"], layer["sparse"])):
         key = f"{name}.factor_{i}"
@@ -192,12 +195,12 @@ def _rebuild_layer(name: str, layer: dict, stored: dict, original: nn.Module, us
             _check_values(key, factor, tuple(shape))
         factors.append(factor)
     bias = stored.get(f"{name}.bias")
-    if (bias is None) != (getattr(original, "bias", None) is None):
+    if original is not None and (bias is None) != (getattr(original, "bias", None) is None):
         state = "lacks" if bias is None else "has"
         raise ValueError(f"The checkpoint {state} a bias for {name!r}, unlike the model's layer.")
     if bias is not None:
         used.add(f"{name}.bias")
-        _check_values(f"{name}.bias", bias, tuple(original.bias.shape))
+        _check_values(f"{name}.bias", bias, (layer["weight_shape"][0],))
     linear = FactorizedLinear(factors, layer["sparse"], layer["kind"], bias)
     if layer["conv"] is None:
         return linear
