@@ -137,8 +137,9 @@ _SPECS = [
             "tol": Option(
                 float,
                 1e-3,
-                "Stop once a round improves the relative error by less than this fraction "
-                "(checked from the middle of the schedule on); 0 runs every round.",
+                "Stop once two rounds in a row improve the best relative error by less than this "
+                "fraction (checked from the middle of the schedule on; the best round's factors are "
+                "kept); 0 runs every round.",
                 low=0.0,
             ),
             "refit_steps": Option(

@@ -67,23 +67,27 @@ def _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps
             raise ValueError("dsf: the option 'split' does not apply with an n:m pattern (the pattern fixes both factors).")
         r = _pattern_inner_dim(budget, m, n, group, inner_dim)
         nnz_a, nnz_b = nm_count((m, r), *group), nm_count((r, n), *group)
-        nnz_small, nnz_large = (nnz_a, nnz_b) if m <= n else (nnz_b, nnz_a)
+        nnz_small, nnz_large = (nnz_a, nnz_b) if m < n else (nnz_b, nnz_a)
     scale = _input_scale(gram, W)
     target = W * scale  # W' = W diag(s)
-    info = {"inner_dim": r, "nnz_budget": (nnz_small, nnz_large) if m <= n else (nnz_large, nnz_small)}
+    info = {"inner_dim": r, "nnz_budget": (nnz_small, nnz_large) if m < n else (nnz_large, nnz_small)}
     if not target.any():  # nothing to approximate
         progress(0, 0.0)
         zeros = [W.new_zeros(m, r), W.new_zeros(r, n)]
         return Fit(factors=zeros, sparse=[True, True], info={**info, "rounds": 0, "refitted": False})
 
-    # The "small" factor is the one along W's smaller side (square when r == min(m, n)).
+    # The "small" factor is the one along W's smaller side (square when r == min(m, n)); for a
+    # square W it is the right factor B, on the input side, as in the reference: measured on MiniLM
+    # query layers, activation-aware, this orientation is 3-8% more accurate at the same split.
     # Work on the wide orientation: wide ~ small (p x r) @ large (r x q), p <= q.
-    wide = target if m <= n else target.T
+    wide = target if m < n else target.T
     wide_norm = torch.linalg.norm(wide)
     # A's and B's input dimensions are the columns of small and large, or their rows when transposed.
-    small, large = _initial_factors(wide, r, nnz_small, nnz_large, group, 1 if m <= n else 0)
+    small, large = _initial_factors(wide, r, nnz_small, nnz_large, group, 1 if m < n else 0)
 
-    previous = math.inf
+    best = math.inf  # the lowest objective so far; its factors are the ones returned
+    best_factors = small, large
+    stalled = 0  # rounds in a row without an improvement of tol over the best
     rounds_run = 0
     for t in range(n_rounds):
         rho0 = min(1.0, t / max(n_rounds - 3, 1)) ** 3
@@ -96,20 +100,25 @@ def _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps
             objective = math.nan
         if not math.isfinite(objective):
             warnings.warn(
-                f"DSF met a numerical failure in round {t}; returning the factors of round {t - 1}.",
+                f"DSF met a numerical failure in round {t}; returning the best factors of rounds before it.",
                 ConvergenceWarning,
                 stacklevel=4,
             )
             break
         small, large, rounds_run = new_small, new_large, t + 1
+        improved = objective < best * (1 - tol)
+        stalled = 0 if improved else stalled + 1
+        if objective < best:
+            best, best_factors = objective, (small, large)
         if not progress(t, objective):
             break
-        # Late rounds start near the previous sparse iterate and barely move: stop on a plateau.
-        if tol > 0 and t >= n_rounds // 2 and previous - objective < tol * previous:
+        # Late rounds start near the previous sparse iterate and barely move: stop on a plateau of
+        # two rounds (one round up is ADMM noise, not yet a plateau).
+        if tol > 0 and t >= n_rounds // 2 and stalled >= 2:
             break
-        previous = objective
 
-    a, b = (small.z, large.z) if m <= n else (large.z.T, small.z.T)
+    small, large = best_factors
+    a, b = (small.z, large.z) if m < n else (large.z.T, small.z.T)
     b = b / scale  # undo the importance scaling on the right factor
     refitted = refit_steps > 0 and not progress.stopped
     if refitted:
@@ -132,7 +141,7 @@ def float32_matmul_precision(precision: str):
 
 
 def _split_budget(budget: int, m: int, n: int, r: int, split):
-    """Nonzeros for the small-side factor (``min(m,n) x r``) and the other one (``r x max(m,n)``).
+    """Nonzeros for the small-side factor (``min(m,n) x r``; ``B`` when W is square) and the other one.
 
     Default: the larger of the reference's share (square-factor density 0.16, or 0.25 when W is not
     square) and the share that gives both factors the same density, at most half the budget.
