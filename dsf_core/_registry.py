@@ -155,6 +155,14 @@ _SPECS = [
                 choices=("highest", "high", "medium"),
             ),
             "pattern": _PATTERN,
+            "split_trials": Option(
+                int,
+                0,
+                "With split on auto: rounds of a short run (whole schedule, then the refit) for each "
+                "of two splits, the default rule's and the reference's; the full run takes the one "
+                "with the lower error on the full objective. 0: the default rule alone.",
+                low=0,
+            ),
         },
         dsf.fit,
         presets={"quick": {"n_rounds": 18}},

@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..exceptions import ConvergenceWarning
-from ._common import Fit, budget_error, nm_count, nm_mask, nm_pattern, topk_mask
+from .._metrics import relative_error, weighted_relative_error
+from ._common import Fit, Progress, budget_error, nm_count, nm_mask, nm_pattern, topk_mask
 
 _MASK_STEPS = 2  # ADMM steps per sub-problem that may re-choose the support; later ones keep it
 _RIDGE = 1e-2  # ridge added to the normalised Gram of the fixed factor, times its mean diagonal
@@ -51,9 +52,33 @@ def fit(
     refit_steps,
     matmul_precision,
     pattern,
+    split_trials,
 ):
     with float32_matmul_precision(matmul_precision):
-        return _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps, tol, refit_steps, pattern)
+        trials = {}
+        if split is None and pattern == "unstructured" and split_trials > 0:
+            split, trials = _split_by_trials(W, budget, gram, inner_dim, admm_steps, refit_steps, split_trials)
+        fit = _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps, tol, refit_steps, pattern)
+        if trials:
+            fit.info["split_trials"] = trials
+        return fit
+
+
+def _split_by_trials(W, budget, gram, inner_dim, admm_steps, refit_steps, rounds):
+    """Of the default rule's split and the reference's, the one whose short run (``rounds`` rounds
+    of the whole warm-start schedule, then the refit) has the lower error on the full objective;
+    and ``{split: error}`` of both."""
+    m, n = W.shape
+    r = inner_dim or min(m, n)
+    candidates = {_default_split(budget, m, n, r), _reference_split(budget, m, n, r)}
+    if len({_split_budget(budget, m, n, r, share) for share in candidates}) == 1:
+        return candidates.pop(), {}
+    errors = {}
+    for share in sorted(candidates):
+        trial = _alternate(W, budget, gram, Progress(), inner_dim, share, rounds, admm_steps, 0.0, refit_steps, "unstructured")
+        approx = trial.factors[0] @ trial.factors[1]
+        errors[share] = relative_error(W, approx) if gram is None else weighted_relative_error(W, approx, gram)
+    return min(errors, key=errors.get), errors
 
 
 def _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps, tol, refit_steps, pattern):
@@ -152,11 +177,22 @@ def _split_budget(budget: int, m: int, n: int, r: int, split):
     if budget < 2:
         raise budget_error("dsf", 2, budget, "one nonzero in each factor", (m, n))
     if split is None:
-        square_density = 0.16 if m == n else 0.25
-        split = min(max(square_density * side * r / budget, side / (side + other)), 0.5)
+        split = _default_split(budget, m, n, r)
     nnz_small = min(max(int(split * budget), 1), side * r, budget - 1)
     nnz_large = min(budget - nnz_small, r * other)
     return nnz_small, nnz_large
+
+
+def _reference_split(budget: int, m: int, n: int, r: int) -> float:
+    """The reference's share: the small-side factor at density 0.16 (square W) or 0.25 (at most 0.9)."""
+    square_density = 0.16 if m == n else 0.25
+    return min(square_density * min(m, n) * r / budget, 0.9)
+
+
+def _default_split(budget: int, m: int, n: int, r: int) -> float:
+    """The larger of the reference's share and the one giving both factors equal density, at most 0.5."""
+    side, other = min(m, n), max(m, n)
+    return min(max(_reference_split(budget, m, n, r), side / (side + other)), 0.5)
 
 
 def _pattern_inner_dim(budget: int, m: int, n: int, group, inner_dim) -> int:
