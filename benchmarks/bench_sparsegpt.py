@@ -75,6 +75,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sentences", type=int, default=128, help="calibration sentences for the Grams")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed runs of each; medians reported")
+    parser.add_argument("--dsf", action="store_true", help="also DSF's error at density 0.5 (slower)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# SparseGPT benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu "
@@ -104,10 +105,13 @@ def main():
                 row += [f"{ref_err:.4f}", f"{err / ref_err:.3f}", f"{statistics.median(times_ref):.3f}",
                         int((reference != 0).sum())]
             rows.append(row + [int((approx != 0).sum())])
+            print(" | ".join(map(str, rows[-1])), flush=True)
             if pattern != "4:8":
                 errors = [dsf_core.weighted_relative_error(W, ours(W, damped, pattern, method)[0], G)
                           for method in ("magnitude", "wanda")]
-                dsf = "" if pattern != "unstructured" else f"{dsf_core.factorize(W, 'dsf', density=0.5, gram=damped).error(W, G):.4f}"
+                dsf = ""
+                if args.dsf and pattern == "unstructured":
+                    dsf = f"{dsf_core.factorize(W, 'dsf', density=0.5, gram=damped).error(W, G):.4f}"
                 pruning_rows.append([f"{depth}.{name}", pattern, *(f"{e:.4f}" for e in errors), f"{err:.4f}", dsf])
 
     header = ["layer", "shape", "pattern", "ours err", "ours s"]
@@ -117,7 +121,7 @@ def main():
                 f"median of {args.repeats} alternating runs", header + ["ours nnz"], rows)
     if ratios:
         print(f"\nerror ratio ours/reference: median {statistics.median(ratios):.3f}, worst {max(ratios):.3f}")
-    print_table("Activation-weighted error at density 0.5 (DSF: unstructured only; it has no pattern here)",
+    print_table("Activation-weighted error at density 0.5 (DSF with --dsf: unstructured only)",
                 ["layer", "pattern", "magnitude", "wanda", "sparsegpt", "dsf"], pruning_rows)
 
 

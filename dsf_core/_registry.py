@@ -166,8 +166,9 @@ _SPECS = [
             "tol": Option(
                 float,
                 1e-3,
-                "Stop once a round improves the relative error by less than this fraction "
-                "(checked from the middle of the schedule on); 0 runs every round.",
+                "Stop once two rounds in a row improve the best relative error by less than this "
+                "fraction (checked from the middle of the schedule on; the best round's factors are "
+                "kept); 0 runs every round.",
                 low=0.0,
             ),
             "refit_steps": Option(
@@ -184,6 +185,14 @@ _SPECS = [
                 choices=("highest", "high", "medium"),
             ),
             "pattern": _PATTERN,
+            "split_trials": Option(
+                int,
+                0,
+                "With split on auto: rounds of a short run (whole schedule, then the refit) for each "
+                "of two splits, the default rule's and the reference's; the full run takes the one "
+                "with the lower error on the full objective. 0: the default rule alone.",
+                low=0,
+            ),
         },
         dsf.fit,
         presets={"quick": {"n_rounds": 18}},

@@ -60,5 +60,5 @@ def budget_plan(shape: tuple[int, int], density: float) -> dict[str, str]:
 
 
 def _dsf_text(m: int, n: int, r: int, small: int, large: int) -> str:
-    a, b = (small, large) if m <= n else (large, small)
+    a, b = (small, large) if m < n else (large, small)
     return f"A {m}x{r} with {a:,} nonzeros ({a / (m * r):.1%}), B {r}x{n} with {b:,} ({b / (r * n):.1%})"

@@ -148,3 +148,40 @@ def test_matmul_precision_is_set_while_fitting_and_restored():
     finally:
         torch.set_float32_matmul_precision(previous)
     assert fast.error(W) < 1.03 * exact.error(W)
+
+
+def test_a_worse_last_round_is_not_returned(monkeypatch):
+    # Data-free with no refit, the reported objective is the result's relative error. The last
+    # round is made worse (its large factor halved): the result must be the round before it.
+    from dataclasses import replace
+
+    from dsf_core.methods import dsf as dsf_module
+
+    solve, calls = dsf_module._admm_solve, []
+
+    def worse_last_round(*args):
+        calls.append(1)
+        state = solve(*args)
+        return replace(state, z=state.z * 0.5) if len(calls) == 2 * 8 else state
+
+    monkeypatch.setattr(dsf_module, "_admm_solve", worse_last_round)
+    W, _ = synthetic_matrix(32, 48)
+    result = factorize(W, "dsf", density=0.5, n_rounds=8, tol=0.0, refit_steps=0, matmul_precision="highest")
+    assert len(result.history) == 8 and result.history[-1] > 1.2 * result.history[-2]
+    assert result.error(W) == pytest.approx(result.history[-2], rel=1e-4)
+
+
+def test_split_trials_take_the_split_whose_short_run_is_better():
+    W, G = synthetic_matrix(48, 48)
+    result = factorize(W, "dsf", density=0.5, gram=G, n_rounds=10, split_trials=4)
+    trials = result.info["split_trials"]
+    assert len(trials) == 2
+    chosen = min(trials, key=trials.get)
+    # the full run is the one with the chosen split, exactly
+    fixed = factorize(W, "dsf", density=0.5, gram=G, n_rounds=10, split=chosen)
+    assert torch.equal(result.to_matrix(), fixed.to_matrix())
+    # each trial's error is what a short run at that split gives
+    for share, error in trials.items():
+        short = factorize(W, "dsf", density=0.5, gram=G, n_rounds=4, tol=0.0, split=share)
+        assert error == pytest.approx(short.error(W, G), rel=1e-4)
+    assert "split_trials" not in factorize(W, "dsf", density=0.5, gram=G, n_rounds=4, split=0.3, split_trials=4).info

@@ -33,7 +33,7 @@ def test_widgets_start_from_the_quick_preset_overlaid_on_the_defaults():
     assert start("dsf", quick=True) == {**start("dsf", quick=False), "n_rounds": 18}
     assert start("dsf", quick=False)["n_rounds"] == METHODS["dsf"].options["n_rounds"].default
     assert start("svd", quick=True) == {"rank": None}
-    assert start("magnitude", quick=True) == {}
+    assert start("magnitude", quick=True) == {"pattern": "unstructured"}
 
 
 def test_fit_gram_is_damped_only_for_activation_aware_runs_of_methods_that_read_one(weight_and_gram):
@@ -42,7 +42,7 @@ def test_fit_gram_is_damped_only_for_activation_aware_runs_of_methods_that_read_
     assert method_settings.fit_gram(G, "dsf", aware=False) is None
     assert method_settings.fit_gram(G, "tt", aware=True) is None  # TT reads no Gram
     assert method_settings.fit_gram(None, "dsf", aware=True) is None
-    assert [m for m in METHODS if method_settings.reads_gram(m)] == ["dsf", "svd", "magnitude", "wanda"]
+    assert [m for m in METHODS if method_settings.reads_gram(m)] == ["dsf", "svd", "magnitude", "wanda", "sparsegpt"]
 
 
 def test_start_values_are_inside_each_options_range():

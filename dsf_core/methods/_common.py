@@ -1,4 +1,4 @@
-"""What every method shares: the result it hands back, progress reporting, top-k masks."""
+"""What every method shares: the result it hands back, progress reporting, top-k and N:M masks."""
 
 from __future__ import annotations
 
@@ -97,7 +97,6 @@ def rowwise_topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k > 0:
         mask.scatter_(1, scores.topk(k, dim=1).indices, True)
     return mask
-
 
 
 # N:M sparsity: at most n nonzeros in every group of m consecutive entries along a matrix's input
