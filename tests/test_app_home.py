@@ -80,12 +80,17 @@ def _upload(at, name, data, arch="", shape="3, 224, 224"):
     return at.button(key="home_up_load").click().run()
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
-def test_upload_torchscript_loads_but_says_it_cannot_be_factorized():
+def _torchscript_net() -> bytes:
+    """A traced TorchScript classifier of (N, 1, 8, 8) images, as the bytes of its file."""
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.trace(net, torch.randn(1, 1, 8, 8)), buffer)
-    at = _upload(home(), "net.pt", buffer.getvalue(), shape="1, 8, 8")
+    return buffer.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_upload_torchscript_loads_but_says_it_cannot_be_factorized():
+    at = _upload(home(), "net.pt", _torchscript_net(), shape="1, 8, 8")
     assert not at.exception and not at.error
     assert at.session_state.model_choice.kind == "checkpoint"
     assert metrics(at)["top1 agreement"] == "1"
@@ -125,10 +130,7 @@ def test_bad_uploads_are_plain_messages_and_the_model_stays(name, data, arch, sh
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_torchscript_that_does_not_fit_its_inputs_is_one_plain_line_beside_the_upload():
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
-    buffer = io.BytesIO()
-    torch.jit.save(torch.jit.trace(net, torch.randn(1, 1, 8, 8)), buffer)
-    at = _upload(home(), "net.pt", buffer.getvalue(), shape="3, 8, 8")
+    at = _upload(home(), "net.pt", _torchscript_net(), shape="3, 8, 8")
     assert not at.exception
     message = at.columns[0].error[0].value  # under the upload's controls, not above the page
     assert "does not accept inputs of shape (3, 8, 8)" in message
