@@ -165,20 +165,24 @@ def _check_layer_fits(name: str, layer: dict, base_model: nn.Module) -> None:
         raise ValueError(
             f"The checkpoint's layer {name!r} has weight shape {weight_shape}; the model's is {list(module.weight.shape)}."
         )
+    check_factor_chain(name, layer, m, n)
+    if layer["conv"] is not None and not isinstance(module, nn.Conv2d):
+        raise ValueError(f"The checkpoint stores {name!r} as a convolution; the model's layer is not one.")
+
+
+def check_factor_chain(name: str, layer: dict, m: int, n: int) -> None:
+    """The manifest entry's factor shapes multiply out to an ``m x n`` matrix (TT cores: their
+    modes multiply to m and n, and their ranks chain from 1 to 1)."""
     shapes = layer["shapes"]
     if layer["kind"] == "product":
-        dims = [shape[0] for shape in shapes] + [shapes[-1][-1]]
-        if any(len(s) != 2 for s in shapes) or dims[0] != m or dims[-1] != n or any(
+        if any(len(s) != 2 for s in shapes) or shapes[0][0] != m or shapes[-1][-1] != n or any(
             a[1] != b[0] for a, b in zip(shapes, shapes[1:])
         ):
             raise ValueError(f"The factors of {name!r} ({shapes}) do not multiply to a {m} x {n} matrix.")
-    else:
-        if any(len(s) != 4 for s in shapes) or shapes[0][0] != 1 or shapes[-1][-1] != 1 or any(
-            a[3] != b[0] for a, b in zip(shapes, shapes[1:])
-        ) or math.prod(s[1] for s in shapes) != m or math.prod(s[2] for s in shapes) != n:
-            raise ValueError(f"The TT cores of {name!r} ({shapes}) do not form a {m} x {n} matrix.")
-    if layer["conv"] is not None and not isinstance(module, nn.Conv2d):
-        raise ValueError(f"The checkpoint stores {name!r} as a convolution; the model's layer is not one.")
+    elif any(len(s) != 4 for s in shapes) or shapes[0][0] != 1 or shapes[-1][-1] != 1 or any(
+        a[3] != b[0] for a, b in zip(shapes, shapes[1:])
+    ) or math.prod(s[1] for s in shapes) != m or math.prod(s[2] for s in shapes) != n:
+        raise ValueError(f"The TT cores of {name!r} ({shapes}) do not form a {m} x {n} matrix.")
 
 
 def _rebuild_layer(name: str, layer: dict, stored: dict, original: nn.Module | None = None, used: set | None = None) -> nn.Module:

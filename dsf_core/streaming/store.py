@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .._modules import FactorizedLinear
-from ..checkpoint import _encode_sparse, _rebuild_layer, unshared
+from ..checkpoint import _encode_sparse, _rebuild_layer, check_factor_chain, unshared
 
 FORMAT = "dsf-explorer-streamed/1"
 MANIFEST = "manifest.json"
@@ -161,7 +161,7 @@ def read_layers(directory, manifest: dict, names, expected_shapes: dict) -> dict
             stored = {key: handle.get_tensor(key) for key in handle.keys() if _layer_of(key) in file_names}
         for name in file_names:
             entry = manifest["layers"][name]
-            _check_chain(name, entry, expected_shapes[name])
+            check_factor_chain(name, entry, *expected_shapes[name])
             out[name] = _rebuild_layer(name, {**entry, "weight_shape": list(expected_shapes[name])}, stored)
     return out
 
@@ -169,18 +169,3 @@ def read_layers(directory, manifest: dict, names, expected_shapes: dict) -> dict
 def _layer_of(key: str) -> str:
     """The layer a stored tensor belongs to (``NAME.factor_I...`` or ``NAME.bias``)."""
     return key.split(".factor_")[0] if ".factor_" in key else key.removesuffix(".bias")
-
-
-def _check_chain(name: str, entry: dict, shape) -> None:
-    """The factors' shapes multiply out to the layer's ``(out, in)``."""
-    shapes = entry["shapes"]
-    if entry["kind"] == "tt":
-        rows = torch.Size([s[1] for s in shapes]).numel()
-        cols = torch.Size([s[2] for s in shapes]).numel()
-        chained = all(a[3] == b[0] for a, b in zip(shapes, shapes[1:]))
-    else:
-        rows, cols = shapes[0][0], shapes[-1][1]
-        chained = all(a[1] == b[0] for a, b in zip(shapes, shapes[1:]))
-    if not chained or (rows, cols) != tuple(shape):
-        raise ValueError(f"The stored factors of {name!r} (shapes {shapes}) do not make its {tuple(shape)} weight.")
-
