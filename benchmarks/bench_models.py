@@ -73,8 +73,9 @@ def bench_model(name, only_methods=None, only_densities=None):
                  "dense file bytes", "file ratio", "FLOPs/sample", "dense FLOPs/sample", "seconds"], rows)
     if bundle.method_options:
         print(f"The model's recommended method options, used above: {bundle.method_options}")
-    if method_options:
-        print(f"Method options used above: {method_options}")
+    used = {m: o for m, o in method_options.items() if m in methods}
+    if used:
+        print(f"Method options used above: {used}")
     return bundle, results
 
 
