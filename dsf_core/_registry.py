@@ -192,6 +192,7 @@ _SPECS = [
                 "of two splits, the default rule's and the reference's; the full run takes the one "
                 "with the lower error on the full objective. 0: the default rule alone.",
                 low=0,
+                high=MAX_ROUNDS,
             ),
         },
         dsf.fit,
@@ -310,7 +311,8 @@ _SPECS = [
                 float, 0.01, "Added to the Gram's diagonal, times its mean diagonal (as the paper's code).", low=0.0
             ),
             "blocksize": Option(
-                int, 128, "Columns per block: the mask is chosen per block (rounded up to a multiple of m for n:m).", low=1
+                int, 128, "Columns per block: the mask is chosen per block (rounded up to a multiple of m for n:m).",
+                low=1, high=MAX_STEPS,
             ),
         },
         sparsegpt.fit,

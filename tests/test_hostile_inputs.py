@@ -236,11 +236,13 @@ def test_calibration_counts_and_method_options_are_bounded(monkeypatch):
     start = time.perf_counter()
     with pytest.raises(ValueError, match="at most the weight's larger side 16"):
         factorize(weight, "dsf", density=0.5, inner_dim=8000)
-    for option in ("n_rounds", "admm_steps", "refit_steps"):
+    for option in ("n_rounds", "admm_steps", "refit_steps", "split_trials"):
         with pytest.raises(ValueError, match="must be in the range"):
             factorize(weight, "dsf", density=0.5, **{option: 10**12})
     with pytest.raises(ValueError, match="must be in the range"):
         factorize(weight, "palm4msa", density=0.5, n_iter=10**12)
+    with pytest.raises(ValueError, match="must be in the range"):
+        factorize(weight, "sparsegpt", density=0.5, blocksize=10**12)
     assert time.perf_counter() - start < 5
     monkeypatch.setenv("DSF_MAX_WORK_BYTES", "100000")
     with pytest.raises(ValueError, match=r"Method 'dsf' on a 256 x 256 weight \(estimated\) would take .* DSF_MAX_WORK_BYTES"):
