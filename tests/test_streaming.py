@@ -15,12 +15,7 @@ FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bert"]
 SEQ_LEN = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
