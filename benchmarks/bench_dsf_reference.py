@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import os
 import platform
@@ -28,6 +27,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import dsf_core  # noqa: E402
+from _reference import import_reference  # noqa: E402
 from _tables import print_table  # noqa: E402
 from dsf_core.examples import minilm_grams, minilm_weight  # noqa: E402
 
@@ -36,13 +36,8 @@ LAYER_TYPES = ("attention.self.query", "attention.self.key", "attention.self.val
 
 
 def load_reference(directory):
-    """The reference module, or None (with a message) when ``directory`` lacks ``doublesparse.py``."""
-    if not directory or not os.path.isfile(os.path.join(directory, "doublesparse.py")):
-        print(f"# reference DSF not found (looked in {directory!r}; pass --reference DIR or set "
-              "DSF_REFERENCE): only our side is run.")
-        return None
-    sys.path.insert(0, directory)
-    return importlib.import_module("doublesparse")
+    """The reference module, or None when ``directory`` lacks ``doublesparse.py``."""
+    return import_reference(directory, "doublesparse", "DSF_REFERENCE")
 
 
 def run_reference(reference, W, gram, density):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import os
 import platform
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import dsf_core  # noqa: E402
+from _reference import import_reference  # noqa: E402
 from _tables import print_table  # noqa: E402
 from dsf_core.examples import minilm_grams, minilm_weight  # noqa: E402
 
@@ -37,13 +37,10 @@ PATTERNS = ("unstructured", "2:4", "4:8")
 
 
 def load_reference(directory):
-    """The reference's ``SparseGPT`` class, or None (with a message) when ``directory`` lacks it."""
-    if not directory or not os.path.isfile(os.path.join(directory, "sparsegpt.py")):
-        print(f"# reference SparseGPT not found (looked in {directory!r}; pass --reference DIR or set "
-              "SPARSEGPT_REFERENCE): its columns are left out.")
+    """The reference's ``SparseGPT`` class, or None when ``directory`` lacks ``sparsegpt.py``."""
+    module = import_reference(directory, "sparsegpt", "SPARSEGPT_REFERENCE")
+    if module is None:
         return None
-    sys.path.insert(0, directory)
-    module = importlib.import_module("sparsegpt")
     if not torch.cuda.is_available():  # it synchronizes a GPU unconditionally at the end of a prune
         torch.cuda.synchronize = lambda *args, **kwargs: None
     return module.SparseGPT
