@@ -311,10 +311,15 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes} bytes" if n_bytes < 1 << 20 else f"{n_bytes / 2**20:.1f} MiB"
 
 
+def _byte_limit(max_bytes: int | None) -> int:
+    """``max_bytes``, or the ``DSF_MAX_FILE_BYTES`` limit when it is None."""
+    return limit("DSF_MAX_FILE_BYTES") if max_bytes is None else max_bytes
+
+
 def _check_file(path, max_bytes: int | None) -> Path:
     """The path of an existing regular file no larger than ``max_bytes`` (default: the
     ``DSF_MAX_FILE_BYTES`` limit)."""
-    max_bytes = limit("DSF_MAX_FILE_BYTES") if max_bytes is None else max_bytes
+    max_bytes = _byte_limit(max_bytes)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
         raise ValueError(f"max_bytes must be a positive int. Got {max_bytes!r} instead.")
     file = Path(path).expanduser()
@@ -343,7 +348,7 @@ def _read_tensors(file: Path, max_bytes: int | None = None) -> dict:
             "a torch.save file nor TorchScript (whatever its name says)."
         )
     if kind == "torch-zip":
-        check_zip_size(file, limit("DSF_MAX_FILE_BYTES") if max_bytes is None else max_bytes)
+        check_zip_size(file, _byte_limit(max_bytes))
     if kind == "safetensors":
         from safetensors.torch import load_file
 
@@ -530,7 +535,7 @@ def _check_hf_dir(directory: Path, max_bytes: int | None) -> None:
             "pytorch_model.bin with model.save_pretrained(directory, safe_serialization=True))."
         )
     size = sum(f.stat().st_size for f in weights)
-    max_bytes = limit("DSF_MAX_FILE_BYTES") if max_bytes is None else max_bytes
+    max_bytes = _byte_limit(max_bytes)
     if size > max_bytes:
         raise ValueError(
             f"The weights in '{directory}' are {_size(size)}, over the limit of {_size(max_bytes)} "
@@ -695,7 +700,7 @@ def load_checkpoint(
     if detect_format(file) == "torchscript":
         if arch is not None:
             raise ValueError(f"'{file}' is a TorchScript file, which holds its own architecture; drop arch=.")
-        check_zip_size(file, limit("DSF_MAX_FILE_BYTES") if max_bytes is None else max_bytes)
+        check_zip_size(file, _byte_limit(max_bytes))
         with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; the format still loads
             warnings.simplefilter("ignore", DeprecationWarning)
             try:
