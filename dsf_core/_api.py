@@ -132,5 +132,4 @@ def _check_work_size(spec, shape, options: dict, has_gram: bool, dtype) -> None:
     for name, option in spec.options.items():
         option.check_size(spec.name, name, options[name], shape)
     elements = spec.work_elements(*shape, options, has_gram)
-    item = torch.empty((), dtype=dtype).element_size()
-    check_bytes(elements * item, "DSF_MAX_WORK_BYTES", f"Method {spec.name!r} on a {shape[0]} x {shape[1]} weight (estimated)")
+    check_bytes(elements * dtype.itemsize, "DSF_MAX_WORK_BYTES", f"Method {spec.name!r} on a {shape[0]} x {shape[1]} weight (estimated)")

@@ -15,6 +15,7 @@ Values are plain integers (bytes or counts); a malformed variable is an error, n
 
 from __future__ import annotations
 
+import math
 import os
 
 _DEFAULTS = {
@@ -70,8 +71,6 @@ def check_tensor(shape, item_size: int, what: str) -> int:
     no more than ``DSF_MAX_TENSOR_BYTES`` at ``item_size`` bytes per element."""
     if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
         raise ValueError(f"{what} declares the shape {shape!r}; expected a list of non-negative ints.")
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     check_bytes(count * item_size, "DSF_MAX_TENSOR_BYTES", f"{what} of shape {list(shape)}")
     return count
