@@ -224,7 +224,7 @@ def start_run(key: tuple, method: str, options: dict, aware: bool) -> None:
 
     def work(job: jobs.Job) -> fr.Outcome:
         def callback(step: int, objective: float) -> bool:
-            return job.report((step, objective), fr.progress_fraction(method, options, step))
+            return job.report((step, objective), fr.progress_fraction(method, (m, n), options, step))
 
         return fr.run(
             weight, matrix, gram, method, options, density=density, aware=aware, device=device, callback=callback
