@@ -39,9 +39,8 @@ def fit_wanda(W, *, budget, gram, generator, progress, pattern):
 
 def _pattern_mask(method, scores, pattern, budget):
     """The ``n:m`` mask of the best scores; BudgetError when the pattern needs more than ``budget``."""
-    group = nm_pattern(pattern)
-    check_pattern_budget(method, group, budget, tuple(scores.shape))
-    return nm_mask(scores, *group)
+    kept_count(method, tuple(scores.shape), budget, pattern)
+    return nm_mask(scores, *nm_pattern(pattern))
 
 
 def _scores(W: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
