@@ -9,12 +9,14 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from dsf_core import METHODS, BudgetError, factorize
+from dsf_core.methods._common import PATTERNS
 
 from . import figures, method_settings
 from .jobs import Report
 from .messages import USER_ERRORS, plain_message
 
 GRAM_METHODS = tuple(name for name in METHODS if method_settings.reads_gram(name))
+UNSTRUCTURED = PATTERNS[0]
 SWEEP_DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
 
 BELOW_MINIMUM = "below the method's minimum"
@@ -49,25 +51,43 @@ def why_not(exc: BaseException) -> str:
     return f"failed: {plain_message(exc)}"
 
 
-def run_one(target, method: str, density: float, *, aware: bool, quick: bool, device, callback=None) -> Row | None:
+def patterned_methods() -> list[str]:
+    """The methods that can keep an ``n:m`` pattern (they have the option ``pattern``)."""
+    return [name for name, spec in METHODS.items() if spec.takes_pattern]
+
+
+def run_options(method: str, quick: bool, pattern: str = UNSTRUCTURED) -> dict:
+    """``method``'s options: its quick preset if ``quick``, and ``pattern`` if it takes one."""
+    options = method_settings.options(method, quick)
+    if pattern != UNSTRUCTURED and METHODS[method].takes_pattern:
+        options["pattern"] = pattern
+    return options
+
+
+def run_one(target, method: str, density: float, *, aware: bool, quick: bool, device, callback=None,
+            pattern: str = UNSTRUCTURED) -> Row | None:
     """Factorize ``target.weight`` by ``method`` at ``density``; failures become a ``Row`` note,
     and ``None`` means ``callback`` stopped the run.
 
     Activation-aware runs give methods that read a Gram the damped calibration Gram; errors on
-    the outputs always use the undamped one.
+    the outputs always use the undamped one. ``pattern`` (e.g. ``"2:4"``) is given to every method
+    that takes one; the others run unstructured.
     """
     gram = method_settings.fit_gram(target.gram, method, aware)
     try:
         result = factorize(
             target.weight, method, density=density, gram=gram, device=device, callback=callback,
-            **method_settings.options(method, quick),
+            **run_options(method, quick, pattern),
         )
     except (*USER_ERRORS, MemoryError) as exc:
         return Row(method, density, note=why_not(exc))
     if result.info.get("stopped_early"):
         return None
     output_error = None if target.gram is None else result.error(target.matrix, target.gram)
-    note = "data-free (the method reads no Gram)" if aware and not method_settings.reads_gram(method) else ""
+    notes = ["data-free (the method reads no Gram)"] if aware and not method_settings.reads_gram(method) else []
+    if pattern != UNSTRUCTURED:
+        notes.append(f"{pattern} pattern" if METHODS[method].takes_pattern else "no n:m pattern (unstructured)")
+    note = "; ".join(notes)
     return Row(
         method, density, result.error(target.matrix), output_error, result.n_params, result.n_bytes,
         result.flops, result.seconds, str(result.device), note,
@@ -75,25 +95,27 @@ def run_one(target, method: str, density: float, *, aware: bool, quick: bool, de
 
 
 def run_all(target, density: float, methods: Sequence[str], *, aware: bool, quick: bool, device,
-            report: Report | None = None) -> list[Row]:
+            report: Report | None = None, pattern: str = UNSTRUCTURED) -> list[Row]:
     """Each of ``methods`` on ``target`` at ``density``; stops early (with the rows done) when
     ``report`` returns False."""
-    return _run_grid(target, [density], methods, aware=aware, quick=quick, device=device, report=report)
+    return _run_grid(target, [density], methods, aware=aware, quick=quick, device=device, report=report,
+                     pattern=pattern)
 
 
 def sweep(target, densities: Sequence[float], methods: Sequence[str], *, aware: bool, quick: bool, device,
-          report: Report | None = None) -> list[Row]:
+          report: Report | None = None, pattern: str = UNSTRUCTURED) -> list[Row]:
     """Each of ``methods`` at each of ``densities`` (in increasing order)."""
-    return _run_grid(target, sorted(densities), methods, aware=aware, quick=quick, device=device, report=report)
+    return _run_grid(target, sorted(densities), methods, aware=aware, quick=quick, device=device, report=report,
+                     pattern=pattern)
 
 
-def _run_grid(target, densities, methods, *, aware, quick, device, report) -> list[Row]:
+def _run_grid(target, densities, methods, *, aware, quick, device, report, pattern) -> list[Row]:
     rows, total = [], len(densities) * len(methods)
     keep_going = (lambda *_: True) if report is None else report
     for density in densities:
         for method in methods:
             row = run_one(target, method, density, aware=aware, quick=quick, device=device,
-                          callback=lambda step, objective: keep_going())
+                          callback=lambda step, objective: keep_going(), pattern=pattern)
             if row is None:
                 return rows
             rows.append(row)

@@ -42,24 +42,9 @@ def resolve_options(method: str, values: Mapping[str, Any]) -> dict:
     return METHODS[method].resolve_options(dict(values))
 
 
-def max_steps(method: str, options: Mapping[str, Any]) -> int | None:
-    """The most callback steps a run can take, where the method has such a bound."""
-    if method == "dsf":
-        return options["n_rounds"]
-    if method == "palm4msa":
-        return options["n_iter"]
-    if method == "hierarchical":  # each split: one 2-factor pass and one global pass
-        return 2 * (options["n_factors"] - 1) * options["n_iter"]
-    return None
-
-
-def progress_fraction(method: str, options: Mapping[str, Any], step: int) -> float | None:
-    """How far a run is after callback ``step`` (DSF counts rounds from 0, PALM4MSA sweeps from 1)."""
-    total = max_steps(method, options)
-    if total is None:
-        return None
-    done = step + 1 if method == "dsf" else step
-    return min(done / total, 1.0)
+def progress_fraction(method: str, shape: tuple[int, int], options: Mapping[str, Any], step: int) -> float:
+    """How far a run of ``method`` on an ``m x n`` matrix is after progress ``step``."""
+    return METHODS[method].progress_fraction(shape, options, step)
 
 
 # --- one run -----------------------------------------------------------------------------------
@@ -177,13 +162,8 @@ def summary_rows(outcome: Outcome) -> list[dict]:
 
 
 def factor_label(result: Factorization, index: int) -> str:
-    """A factor's name: A/B for two factors, S_1..S_Q for more, the pruned W alone."""
-    count = len(result.factors)
-    if count == 1:
-        return "Pruned W"
-    if count == 2 and result.method in ("dsf", "svd"):
-        return "AB"[index]
-    return f"S_{index + 1}"
+    """A factor's name as its method calls it (A/B, S_1..S_Q, G_1..G_d, the pruned W)."""
+    return METHODS[result.method].factor_names(len(result.factors))[index]
 
 
 def core_matrix(core: torch.Tensor) -> torch.Tensor:

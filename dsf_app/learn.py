@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 import torch
 
 from dsf_core import METHODS, Factorization, factorize
+from dsf_core.plan import budget
 
 from . import figures, method_settings, toys
 from .messages import USER_ERRORS, plain_message
@@ -86,11 +87,21 @@ class Comparison:
     n_methods: int
     stopped: bool
 
+    @property
+    def impossible(self) -> list[str]:
+        """The methods whose plan says the budget is below their minimum."""
+        return [row["method"] for row in self.rows if row["possible"] is False]
+
 
 def run_method(matrix: torch.Tensor, method: str, density: float, device, keep_going: Callable[[], bool]) -> dict:
     """One table row: ``method`` with its quick options on ``matrix`` at ``density``, or why it
-    could not run (``not possible: ...`` when the budget is below the method's minimum)."""
+    could not run (``possible`` False when its plan says the budget is below its minimum)."""
     row = {"method": method, "relative error": math.nan, "parameters": None, "density": None, "seconds": None}
+    options = method_settings.options(method, quick=True)
+    plan = METHODS[method].plan(tuple(matrix.shape), budget(tuple(matrix.shape), density), **options)
+    if not plan.feasible:
+        return {**row, "note": f"not possible: {plan.reason}", "possible": False}
+    row["possible"] = True
     try:
         result = factorize(
             matrix,
@@ -98,10 +109,8 @@ def run_method(matrix: torch.Tensor, method: str, density: float, device, keep_g
             density=density,
             device=device,
             callback=lambda step, objective: keep_going(),
-            **method_settings.options(method, quick=True),
+            **options,
         )
-    except ValueError as exc:
-        return {**row, "note": f"not possible: {plain_message(exc)}"}
     except (*USER_ERRORS, MemoryError) as exc:
         return {**row, "note": f"failed: {plain_message(exc)}"}
     return {

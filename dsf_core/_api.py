@@ -101,7 +101,7 @@ def factorize(
     factors[0] = times_power_of_two(factors[0], exponent)
     if rows is not None:
         factors[0] = factors[0] / rows
-        if len(factors) == 1 and not fit.info.get("updates_weights"):
+        if spec.structure == "pruned" and not fit.info.get("updates_weights"):
             # pruning: the kept weights are W's own, bit for bit
             factors[0] = torch.where(factors[0] != 0, matrix.to(factors[0]), 0)
     if not all(bool(torch.isfinite(f).all()) for f in factors):
@@ -117,7 +117,13 @@ def factorize(
         weight_shape=tuple(weight.shape),
         history=progress.history,
         seconds=seconds,
-        info={**fit.info, "budget": budget, "stopped_early": progress.stopped, "row_weighted": rows is not None},
+        info={
+            **fit.info,
+            "chosen": dict(fit.chosen),
+            "budget": budget,
+            "stopped_early": progress.stopped,
+            "row_weighted": rows is not None,
+        },
     )
     if result.n_params > budget:
         raise RuntimeError(

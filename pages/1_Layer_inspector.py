@@ -120,7 +120,7 @@ def show_plan(spectra: layer_stats.Spectra | None) -> None:
     plan = budget_plan((m, n), density)
     table = {
         "method": list(plan),
-        "at this density": list(plan.values()),
+        "at this density": [p.summary if p.feasible else f"not possible: {p.reason}" for p in plan.values()],
         "what it stores": [METHODS[name].description for name in plan],
     }
     st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch", key="insp_plan")
@@ -133,7 +133,7 @@ def show_plan(spectra: layer_stats.Spectra | None) -> None:
         error = layer_stats.eckart_young_error(spectra.singular_values, rank)
         summary += f" SVD keeps rank {rank}: relative error {error:.4f}."
     st.caption(summary)
-    impossible = [name for name, text in plan.items() if text.startswith("not possible")]
+    impossible = [name for name, p in plan.items() if not p.feasible]
     if impossible:
         names = ", ".join(impossible)
         st.warning(f"At density {density:.2f}, not possible for this matrix: {names}. Raise the density.")

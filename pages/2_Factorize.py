@@ -158,7 +158,7 @@ def draw_factors(outcome: fr.Outcome) -> None:
             f"Core shapes: {', '.join(str(tuple(core.shape)) for core in result.factors)}."
         )
         draw_side_by_side({
-            f"fact_core_{i}": figures.heatmap(fr.core_matrix(core), f"Core {i + 1} {tuple(core.shape)}")
+            f"fact_core_{i}": figures.heatmap(fr.core_matrix(core), f"Core {fr.factor_label(result, i)} {tuple(core.shape)}")
             for i, core in enumerate(result.factors)
         })
         return
@@ -224,7 +224,7 @@ def start_run(key: tuple, method: str, options: dict, aware: bool) -> None:
 
     def work(job: jobs.Job) -> fr.Outcome:
         def callback(step: int, objective: float) -> bool:
-            return job.report((step, objective), fr.progress_fraction(method, options, step))
+            return job.report((step, objective), fr.progress_fraction(method, (m, n), options, step))
 
         return fr.run(
             weight, matrix, gram, method, options, density=density, aware=aware, device=device, callback=callback

@@ -4,6 +4,7 @@ import streamlit as st
 
 from dsf_app import comparison, job_results, jobs, session
 from dsf_core import METHODS
+from dsf_core.methods._common import PATTERNS
 from dsf_core.plan import budget
 
 session.setup_page("Compare")
@@ -32,6 +33,12 @@ aware = mode == modes[1] and target.gram is not None
 quick = right.toggle(
     "Quick presets", value=True, persist_state="session", key="cmp_quick", help="Fewer iterations: about 1 s per 512 x 512 matrix."
 )
+patterned = comparison.patterned_methods()
+pattern = left.selectbox(
+    "Sparsity pattern", PATTERNS, persist_state="session", key="cmp_pattern",
+    help=f"An n:m pattern (e.g. 2:4 for sparse tensor cores) for every method that takes one ({', '.join(patterned)}); "
+    "the others run unstructured.",
+)
 has_gram = target.gram is not None
 st.caption(
     f"Calibration Gram: {target.gram_source}. "
@@ -45,7 +52,7 @@ if not methods:
 def start(job_key: str, made_for: tuple, run, density, label: str) -> None:
     """Start ``run`` of the chosen methods as job ``job_key``: ``comparison.run_all`` at one
     ``density``, or ``comparison.sweep`` over a list of them."""
-    work = job_results.reporting(run, target, density, methods, aware=aware, quick=quick, device=device)
+    work = job_results.reporting(run, target, density, methods, aware=aware, quick=quick, device=device, pattern=pattern)
     job_results.start(job_key, made_for, work, label)
 
 
@@ -68,7 +75,7 @@ def finished_rows(job_key: str, store: dict, made_for: tuple, failed: str, unit:
 
 # --- one density ---------------------------------------------------------------------------------
 st.subheader(f"At density {density:.2f}")
-options = (tuple(methods), aware, quick, str(device))
+options = (tuple(methods), aware, quick, str(device), pattern)
 results = st.session_state.setdefault("cmp_results", {})
 key = (target.key, density, *options)
 

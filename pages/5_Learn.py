@@ -35,7 +35,7 @@ def show_comparison(result: learn.Comparison, prefix: str, title: str) -> None:
     )
     if result.stopped:
         st.info(f"Stopped after {len(result.rows)} of {result.n_methods} methods: the table shows what was done.")
-    impossible = [row["method"] for row in result.rows if row["note"].startswith("not possible")]
+    impossible = result.impossible
     if impossible:
         st.warning(
             f"Not possible at density {result.density:.4g}: {', '.join(impossible)} (the budget is below "

@@ -124,3 +124,26 @@ def test_a_synthetic_matrix_is_compared_too():
     table = at.dataframe[0].value
     assert list(table["method"]) == list(METHODS) and (table["parameters"] <= int(0.3 * 48 * 64)).all()
     assert "synthetic 48 x 64" in at.caption[0].value
+
+
+def test_a_fixed_pattern_goes_to_every_method_that_takes_one(layer):
+    patterned = [name for name, spec in METHODS.items() if "pattern" in spec.options]
+    assert {"dsf", "magnitude", "wanda", "sparsegpt"} <= set(patterned)
+    at = open_page("3_Compare.py")
+    at.multiselect(key="cmp_methods").set_value([*patterned, "svd"]).run()
+    at.selectbox(key="cmp_pattern").set_value("2:4").run()
+    at.slider(key="_density_slider").set_value(0.5).run()
+    click_and_wait(at, "cmp_run", "cmp_job")
+    assert not problems(at)
+    table = at.dataframe[0].value.set_index("method")
+    kernel, matrix, _ = layer
+    for method in patterned:
+        quick = METHODS[method].presets.get("quick", {})
+        expected = factorize(kernel, method, density=0.5, pattern="2:4", **quick)
+        unstructured = factorize(kernel, method, density=0.5, **quick)
+        row = table.loc[method]
+        assert row["relative error"] == pytest.approx(expected.error(matrix), rel=1e-4)
+        assert row["relative error"] != pytest.approx(unstructured.error(matrix), rel=1e-4)
+        assert row["parameters"] == expected.n_params and row["note"] == "2:4 pattern"
+    assert table.loc["svd", "note"] == "no n:m pattern (unstructured)"
+    assert table.loc["svd", "relative error"] == pytest.approx(direct(layer, "svd", 0.5, aware=False)[1], rel=1e-4)

@@ -174,3 +174,15 @@ def test_cuda_without_a_gpu_warns_and_runs_on_the_cpu():
     assert any("no CUDA GPU" in w.value for w in at.warning)
     factorize_and_show(at)
     assert metric(at, "Device") == "cpu" and not at.error
+
+
+def test_tt_cores_are_drawn_under_the_names_the_spec_gives(layer):
+    at = page()
+    at.selectbox(key="fact_method").set_value("tt").run()
+    factorize_and_show(at)
+    _, matrix, _ = layer
+    result = dsf_core.factorize(matrix, "tt", density=DENSITY)
+    names = dsf_core.METHODS["tt"].factor_names(len(result.factors))
+    titles = [chart_spec(at, f"fact_core_{i}") for i in range(len(result.factors))]
+    for name, core, title in zip(names, result.factors, titles):
+        assert f"Core {name} {tuple(core.shape)}" in title

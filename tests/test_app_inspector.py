@@ -33,6 +33,14 @@ def _plan(at) -> dict:
     return dict(zip(table["method"], table["at this density"]))
 
 
+def _expected_plan(shape, density) -> dict:
+    """What the page should show per method: the plan's summary, or why it is not possible."""
+    return {
+        name: plan.summary if plan.feasible else f"not possible: {plan.reason}"
+        for name, plan in budget_plan(shape, density).items()
+    }
+
+
 def _expected_ranks(W: np.ndarray) -> dict:
     """Effective and stable rank by their definitions, with numpy."""
     s = np.linalg.svd(W.astype(np.float64), compute_uv=False)
@@ -60,7 +68,7 @@ def test_default_layer_shows_its_numbers_and_its_gram(digits):
     assert shown["Shape (out x in)"] == f"{W.shape[0]} x {W.shape[1]}"
     assert {k: shown[k] for k in ("Effective rank", "Stable rank")} == _expected_ranks(W)
     assert "Numerical rank of G" in shown and "Effective rank of G" in shown
-    assert _plan(at) == budget_plan(W.shape, at.session_state["density"])
+    assert _plan(at) == _expected_plan(W.shape, at.session_state["density"])
     assert len(at.get("plotly_chart")) == 5  # heatmap, histogram, spectrum, energy, Gram spectrum
     assert same_state(before, cached_model_state())  # the shared model is only read
 
@@ -75,7 +83,7 @@ def test_changing_layer_density_and_k_changes_what_is_shown(digits):
 
     before = _plan(at)
     at.sidebar.slider(key="_density_slider").set_value(0.07).run()
-    assert _plan(at) == budget_plan((128, 512), 0.07) != before
+    assert _plan(at) == _expected_plan((128, 512), 0.07) != before
     assert any("SVD keeps rank 7:" in caption.value for caption in at.caption)  # 0.07*128*512 // 640
 
     at.slider(key="insp_k_128x512").set_value(20).run()
@@ -95,7 +103,7 @@ def test_synthetic_target():
     eigenvalues = np.linalg.eigvalsh(G.double().numpy())
     p = eigenvalues / eigenvalues.sum()
     assert shown["Effective rank of G"] == f"{math.exp(-np.sum(p * np.log(p))):.1f}"
-    assert _plan(at) == budget_plan((48, 80), at.session_state["density"])
+    assert _plan(at) == _expected_plan((48, 80), at.session_state["density"])
     assert not problems(at)
 
 
@@ -147,7 +155,7 @@ def test_a_density_too_low_for_some_methods_says_not_possible():
     at = _set_synthetic(open_page(PAGE), 8, 8)
     at.sidebar.slider(key="_density_slider").set_value(0.05).run()  # 3 parameters
     assert not problems(at)
-    expected = [name for name, text in budget_plan((8, 8), 0.05).items() if text.startswith("not possible")]
+    expected = [name for name, plan in budget_plan((8, 8), 0.05).items() if not plan.feasible]
     assert {"svd", "tt", "palm4msa"} <= set(expected)
     assert [name for name, text in _plan(at).items() if text.startswith("not possible")] == expected
     assert [w.value for w in at.warning] == [

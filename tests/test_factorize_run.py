@@ -69,23 +69,24 @@ def test_resolve_options_checks_ranges_in_plain_words():
         ("dsf", {"n_rounds": 6, "tol": 0.0}),
         ("palm4msa", {"n_iter": 7, "tol": 0.0}),
         ("hierarchical", {"n_factors": 3, "n_iter": 4, "tol": 0.0}),
+        ("sparsegpt", {"blocksize": 5}),
+        ("svd", {}),
+        ("tt", {}),
+        ("magnitude", {}),
+        ("wanda", {}),
     ],
 )
 def test_progress_reaches_one_exactly_at_the_last_possible_step(weight_and_gram, method, options):
-    W, _ = weight_and_gram
+    W, G = weight_and_gram
     resolved = fr.resolve_options(method, options)
     steps = []
-    dsf_core.factorize(W, method, density=0.5, callback=lambda step, _: steps.append(step), **options)
-    fractions = [fr.progress_fraction(method, resolved, step) for step in steps]
-    assert len(steps) <= fr.max_steps(method, resolved)
+    gram = G if dsf_core.METHODS[method].uses_gram != "no" else None
+    dsf_core.factorize(W, method, density=0.5, gram=gram, callback=lambda step, _: steps.append(step), **options)
+    fractions = [fr.progress_fraction(method, tuple(W.shape), resolved, step) for step in steps]
+    assert len(steps) <= dsf_core.METHODS[method].steps(tuple(W.shape), resolved)
     assert all(0 < f <= 1 for f in fractions) and fractions == sorted(fractions)
     if method != "hierarchical":  # a hierarchical pass may stop early at rounding level
         assert fractions[-1] == 1.0
-
-
-def test_one_step_methods_have_no_progress_fraction():
-    assert fr.max_steps("svd", {"rank": None}) is None
-    assert fr.progress_fraction("tt", {"ranks": None, "n_cores": None}, 0) is None
 
 
 def test_svd_run_matches_eckart_young_and_its_rank(weight_and_gram):
@@ -162,7 +163,9 @@ def test_factor_labels_and_tt_core_unfolding(weight_and_gram):
     palm = dsf_core.factorize(W, "palm4msa", density=0.5, n_factors=3, n_iter=2)
     pruned = dsf_core.factorize(W, "magnitude", density=0.5)
     assert [fr.factor_label(dsf, i) for i in range(2)] == ["A", "B"]
+    tt = dsf_core.factorize(W, "tt", density=0.5, n_cores=3)
     assert [fr.factor_label(palm, i) for i in range(3)] == ["S_1", "S_2", "S_3"]
+    assert [fr.factor_label(tt, i) for i in range(3)] == ["G_1", "G_2", "G_3"]
     assert fr.factor_label(pruned, 0) == "Pruned W"
     core = torch.arange(2 * 3 * 4 * 5.0).reshape(2, 3, 4, 5)
     unfolded = fr.core_matrix(core)
@@ -183,14 +186,11 @@ def test_the_cache_keeps_fewer_large_results(monkeypatch):
     assert fr.cache_limit(outcome) == 1  # the newest is always kept
 
 
-@pytest.mark.parametrize("method, option, info", [("svd", "rank", "rank"), ("palm4msa", "k", "k"), ("tt", "ranks", None)])
-def test_automatic_values_are_what_the_method_picks(method, option, info):
+@pytest.mark.parametrize("method, option", [("svd", "rank"), ("palm4msa", "k"), ("tt", "ranks")])
+def test_automatic_values_are_what_the_method_picks(method, option):
     W = torch.randn(48, 40, generator=torch.Generator().manual_seed(0))
     picked = fr.automatic_values(method, (48, 40), 0.3)[option]
     result = dsf_core.factorize(W, method, density=0.3)
-    if info is not None:
-        assert picked == result.info[info]
-    else:
-        assert picked == max(result.info["ranks"])
+    assert picked == result.info["chosen"][option]
     assert dsf_core.factorize(W, method, density=0.3, **{option: picked}).n_params == result.n_params
     assert fr.automatic_values(method, (48, 40), 0.001) == {}  # below the minimum: nothing to offer

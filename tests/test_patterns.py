@@ -7,7 +7,7 @@ import torch
 from dsf_core import METHODS, BudgetError, factorize
 from dsf_core.methods._common import PATTERNS
 
-PATTERNED = [name for name, spec in METHODS.items() if "pattern" in spec.options]
+PATTERNED = [name for name, spec in METHODS.items() if spec.takes_pattern]
 NM = [p for p in PATTERNS if p != "unstructured"]
 
 

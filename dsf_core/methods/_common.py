@@ -19,6 +19,7 @@ class Fit:
     sparse: list[bool]
     kind: str = "product"
     info: dict = field(default_factory=dict)
+    chosen: dict = field(default_factory=dict)  # the value picked for each automatic option
 
 
 class Progress:

@@ -21,6 +21,7 @@ import torch
 from ..exceptions import ConvergenceWarning
 from .._metrics import relative_error, weighted_relative_error
 from ._common import Fit, Progress, budget_error, nm_count, nm_mask, nm_pattern, topk_mask
+from ._spec import MAX_ROUNDS, MethodSpec, Option, Plan, fixed_names, inner_dim_option, pattern_option
 
 _MASK_STEPS = 2  # ADMM steps per sub-problem that may re-choose the support; later ones keep it
 _RIDGE = 1e-2  # ridge added to the normalised Gram of the fixed factor, times its mean diagonal
@@ -84,22 +85,17 @@ def _split_by_trials(W, budget, gram, inner_dim, admm_steps, refit_steps, rounds
 def _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps, tol, refit_steps, pattern):
     m, n = W.shape
     group = nm_pattern(pattern)
-    if group is None:
-        r = inner_dim or min(m, n)
-        nnz_small, nnz_large = _split_budget(budget, m, n, r, split)
-    else:
-        if split is not None:
-            raise ValueError("dsf: the option 'split' does not apply with an n:m pattern (the pattern fixes both factors).")
-        r = _pattern_inner_dim(budget, m, n, group, inner_dim)
-        nnz_a, nnz_b = nm_count((m, r), *group), nm_count((r, n), *group)
-        nnz_small, nnz_large = (nnz_a, nnz_b) if m < n else (nnz_b, nnz_a)
+    r, nnz_small, nnz_large = _factor_sizes(budget, m, n, inner_dim, split, group)
+    if group is None and split is None:
+        split = _default_split(budget, m, n, r)
     scale = _input_scale(gram, W)
     target = W * scale  # W' = W diag(s)
     info = {"inner_dim": r, "nnz_budget": (nnz_small, nnz_large) if m < n else (nnz_large, nnz_small)}
+    chosen = {"inner_dim": r, "split": split}
     if not target.any():  # nothing to approximate
         progress(0, 0.0)
         zeros = [W.new_zeros(m, r), W.new_zeros(r, n)]
-        return Fit(factors=zeros, sparse=[True, True], info={**info, "rounds": 0, "refitted": False})
+        return Fit(factors=zeros, sparse=[True, True], info={**info, "rounds": 0, "refitted": False}, chosen=chosen)
 
     # The "small" factor is the one along W's smaller side (square when r == min(m, n)); for a
     # square W it is the right factor B, on the input side, as in the reference: measured on MiniLM
@@ -149,7 +145,7 @@ def _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps
     if refitted:
         a = _refit_left(W, a, b, gram, refit_steps)
     info.update(rounds=rounds_run, refitted=refitted)
-    return Fit(factors=[a, b], sparse=[True, True], info=info)
+    return Fit(factors=[a, b], sparse=[True, True], info=info, chosen=chosen)
 
 
 @contextmanager
@@ -163,6 +159,18 @@ def float32_matmul_precision(precision: str):
         yield
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+def _factor_sizes(budget: int, m: int, n: int, inner_dim, split, group) -> tuple[int, int, int]:
+    """The inner dimension, and the nonzeros of the small-side factor and of the other one."""
+    if group is None:
+        r = inner_dim or min(m, n)
+        return (r, *_split_budget(budget, m, n, r, split))
+    if split is not None:
+        raise ValueError("dsf: the option 'split' does not apply with an n:m pattern (the pattern fixes both factors).")
+    r = _pattern_inner_dim(budget, m, n, group, inner_dim)
+    nnz_a, nnz_b = nm_count((m, r), *group), nm_count((r, n), *group)
+    return (r, nnz_a, nnz_b) if m < n else (r, nnz_b, nnz_a)
 
 
 def _split_budget(budget: int, m: int, n: int, r: int, split):
@@ -322,3 +330,96 @@ def _unit_diagonal(gram):
     """``D^-1 G D^-1`` with ``D = sqrt(diag G)``: the Gram of column-normalised factors, and ``D``."""
     norms = gram.diagonal().clamp_min(0).sqrt() + 1e-8
     return gram / norms[:, None] / norms[None, :], norms
+
+
+def plan(shape, budget, options) -> Plan:
+    """The inner dimension and split ``fit`` takes (the split is None when trial runs decide it)."""
+    m, n = shape
+    group = nm_pattern(options["pattern"])
+    inner_dim, split = options["inner_dim"], options["split"]
+    r, nnz_small, nnz_large = _factor_sizes(budget, m, n, inner_dim, split, group)
+    if group is None:
+        min_budget = 2
+        if split is None and options["split_trials"] == 0:
+            split = _default_split(budget, m, n, r)
+    else:
+        low = inner_dim or 1
+        min_budget = nm_count((m, low), *group) + nm_count((low, n), *group)
+    a, b = (nnz_small, nnz_large) if m < n else (nnz_large, nnz_small)
+    summary = f"A {m}x{r} with {a:,} nonzeros ({a / (m * r):.1%}), B {r}x{n} with {b:,} ({b / (r * n):.1%})"
+    return Plan(True, {**options, "inner_dim": r, "split": split}, min_budget, summary)
+
+
+def _work(m, n, options, gram):
+    r = options["inner_dim"] or min(m, n)
+    return 4 * (m * r + r * n) + 4 * r * r + 3 * m * n + (3 * n * n if gram else 0)
+
+
+SPECS = (
+    MethodSpec(
+        "dsf",
+        "Double Sparse Factorization: W ~ A B with both factors sparse (alternating ADMM).",
+        "optional",
+        {
+            "inner_dim": inner_dim_option(),
+            "split": Option(
+                float,
+                None,
+                "Fraction of the budget given to the factor on the smaller side of W; default: "
+                "the larger of the reference's share (that factor at density 0.16, or 0.25 if W "
+                "is not square) and the share giving both factors equal density, at most 0.5.",
+                low=0.0,
+                high=1.0,
+                low_open=True,
+                high_open=True,
+            ),
+            "n_rounds": Option(
+                int,
+                34,
+                "Outer alternation rounds (each solves A, then B); the warm-start schedule "
+                "spans them.",
+                low=1,
+                high=MAX_ROUNDS,
+            ),
+            "admm_steps": Option(int, 5, "ADMM steps per sub-problem.", low=1, high=1000),
+            "tol": Option(
+                float,
+                1e-3,
+                "Stop once two rounds in a row improve the best relative error by less than this "
+                "fraction (checked from the middle of the schedule on; the best round's factors are "
+                "kept); 0 runs every round.",
+                low=0.0,
+            ),
+            "refit_steps": Option(
+                int, 20, "ADMM steps of the final refit of A against the full objective (whole Gram, or G = I data-free); 0: no refit.",
+                low=0, high=MAX_ROUNDS,
+            ),
+            "matmul_precision": Option(
+                str,
+                "medium",
+                "torch's float32 matrix-product precision inside the solver: 'medium' lets torch "
+                "use faster bfloat16-based products where the hardware has them (benchmark errors "
+                "as with 'highest'; at most 3% higher even with plain bfloat16 products); "
+                "'highest' keeps full float32 products. float64 input is not affected.",
+                choices=("highest", "high", "medium"),
+            ),
+            "pattern": pattern_option(),
+            "split_trials": Option(
+                int,
+                0,
+                "With split on auto: rounds of a short run (whole schedule, then the refit) for each "
+                "of two splits, the default rule's and the reference's; the full run takes the one "
+                "with the lower error on the full objective. 0: the default rule alone.",
+                low=0,
+                high=MAX_ROUNDS,
+            ),
+        },
+        fit,
+        plan,
+        "sparse-product",
+        factor_names=fixed_names("A", "B"),
+        steps=lambda shape, options: options["n_rounds"],
+        presets={"quick": {"n_rounds": 18}},
+        work_elements=_work,
+    ),
+)

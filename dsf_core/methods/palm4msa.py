@@ -21,6 +21,7 @@ import torch
 
 from ..exceptions import ConvergenceWarning
 from ._common import Fit, budget_error, topk_mask
+from ._spec import MAX_STEPS, MethodSpec, Option, Plan, inner_dim_option, numbered_names
 
 _STEP_MARGIN = 1.001  # c = 1.001 * lambda^2 ||R||_2^2 ||L||_2^2
 _POWER_RTOL = 1e-6  # a power iteration stops when its estimate changes by less than this
@@ -376,13 +377,13 @@ def _zeros(shapes, like: torch.Tensor) -> list[torch.Tensor]:
     return [torch.zeros(s, dtype=like.dtype, device=like.device) for s in shapes]
 
 
-def _result(factors, lam: float, info: dict) -> Fit:
+def _result(factors, lam: float, info: dict, chosen: dict) -> Fit:
     """The fit with ``lambda`` shared out evenly among the factors (its sign to the first one),
     so that the factors stay in range however large ``lambda`` is."""
     root = abs(lam) ** (1 / len(factors))
     factors = [f * (root if i or lam >= 0 else -root) for i, f in enumerate(factors)]
     info = {**info, "lambda": lam, "factor_shapes": [tuple(f.shape) for f in factors]}
-    return Fit(factors=factors, sparse=[True] * len(factors), kind="product", info=info)
+    return Fit(factors=factors, sparse=[True] * len(factors), kind="product", info=info, chosen=chosen)
 
 
 def fit(
@@ -401,19 +402,21 @@ def fit(
     tol,
 ):
     m, n = W.shape
-    shapes = _factor_shapes(m, n, inner_dim or min(m, n), n_factors)
+    r = inner_dim or min(m, n)
+    shapes = _factor_shapes(m, n, r, n_factors)
     k = _choose_k(
         shapes, projection, k, factor_density, budget=budget, method="palm4msa", weight_shape=(m, n)
     )
+    chosen = {"k": k, "inner_dim": r}
     constraints = [_constraint(projection, k, factor_density, s) for s in shapes]
     scale = float(W.abs().max())
     if scale == 0:
-        return _result(_zeros(shapes, W), 0.0, {"k": k, "n_iter_run": 0})
+        return _result(_zeros(shapes, W), 0.0, {"k": k, "n_iter_run": 0}, chosen)
     target = W / scale  # entries in [-1, 1]: no overflow in the squared norms
     palm = _Palm(target, _start(shapes, W), constraints, lam=1.0, generator=generator)
     steps = _Steps(progress)
     palm.run(n_iter=n_iter, tol=tol, report=steps)
-    return _result(palm.factors, palm.lam * scale, {"k": k, "n_iter_run": steps.count})
+    return _result(palm.factors, palm.lam * scale, {"k": k, "n_iter_run": steps.count}, chosen)
 
 
 def _residual_k(projection: str, k: int, shape, level: int, n_levels: int) -> int:
@@ -440,7 +443,7 @@ def fit_hierarchical(
     info = {"k": k, "residual_k": levels}
     scale = float(W.abs().max())
     if scale == 0:
-        return _result(_zeros(shapes, W), 0.0, {**info, "n_iter_run": 0})
+        return _result(_zeros(shapes, W), 0.0, {**info, "n_iter_run": 0}, {"k": k})
     target = W / scale  # entries in [-1, 1]: no overflow in the squared norms
     norm = float(torch.linalg.norm(target))
     steps = _Steps(progress)
@@ -484,4 +487,105 @@ def fit_hierarchical(
             break
     else:
         peeled.append(residual)
-    return _result(peeled, lam * scale, {**info, "n_iter_run": steps.count})
+    return _result(peeled, lam * scale, {**info, "n_iter_run": steps.count}, {"k": k})
+
+
+def _plan(method, shape, budget, options) -> Plan:
+    m, n = shape
+    r = options.get("inner_dim") or min(m, n)
+    projection, density = options["projection"], options.get("factor_density")
+    shapes = _factor_shapes(m, n, r, options["n_factors"])
+    k = _choose_k(shapes, projection, options["k"], density, budget=budget, method=method, weight_shape=shape)
+    fewest = options["k"] if options["k"] is not None or density is not None else 1
+    sizes = ", ".join(f"{a}x{b}" for a, b in shapes)
+    size = f"factor density {density}" if density is not None else f"k = {k}"
+    chosen = {**options, "k": k, **({"inner_dim": r} if "inner_dim" in options else {})}
+    summary = f"{len(shapes)} factors ({sizes}), {projection} with {size}"
+    return Plan(True, chosen, _worst_nnz(shapes, projection, fewest, density), summary)
+
+
+def _work(m, n, options, gram):
+    side = max(m, n, options.get("inner_dim") or 0)
+    return (options["n_factors"] + 4) * side * side
+
+
+PROJECTIONS = ("sp", "splin", "spcol", "splincol")
+
+
+def _shared_options():
+    return {
+        "n_factors": Option(int, 2, "Number of sparse factors Q.", low=2, high=64),
+        "projection": Option(str, "splincol", "Sparsity constraint of each factor.", choices=PROJECTIONS),
+        "k": Option(
+            int,
+            None,
+            "Nonzeros per row/column of each factor (for 'sp': k times the factor's row count in all); "
+            "default: the largest k that fits the budget.",
+            low=1,
+            at_most_largest_side=True,
+        ),
+    }
+
+
+SPECS = (
+    MethodSpec(
+        "palm4msa",
+        "PALM4MSA: W ~ lambda S_1 ... S_Q with each factor sparse (proximal alternating "
+        "linearised minimisation).",
+        "no",
+        {
+            **_shared_options(),
+            "factor_density": Option(
+                float,
+                None,
+                "Density of each factor (used with projection 'sp' instead of k).",
+                low=0.0,
+                high=1.0,
+                low_open=True,
+            ),
+            "inner_dim": inner_dim_option(),
+            "n_iter": Option(int, 300, "Maximum number of sweeps over the factors.", low=1, high=MAX_STEPS),
+            "tol": Option(float, 1e-6, "Stop when the relative change of the error is below this.", low=0.0),
+        },
+        fit,
+        functools.partial(_plan, "palm4msa"),
+        "sparse-product",
+        factor_names=numbered_names("S"),
+        steps=lambda shape, options: options["n_iter"],
+        first_step=1,
+        presets={"quick": {"n_iter": 60}},
+        work_elements=_work,
+    ),
+    MethodSpec(
+        "hierarchical",
+        "Hierarchical PALM4MSA: peel one sparse factor at a time, each split followed by a "
+        "global PALM4MSA pass (recovers butterfly factorizations such as Hadamard).",
+        "no",
+        {
+            **_shared_options(),
+            "n_iter": Option(
+                int,
+                300,
+                "Maximum PALM4MSA sweeps per split and per global pass (a pass also stops once "
+                "its error is at rounding level).",
+                low=1,
+                high=MAX_STEPS,
+            ),
+            "tol": Option(
+                float,
+                1e-6,
+                "Stop a PALM4MSA pass when the relative change of its error is below this.",
+                low=0.0,
+            ),
+        },
+        fit_hierarchical,
+        functools.partial(_plan, "hierarchical"),
+        "sparse-product",
+        factor_names=numbered_names("S"),
+        # each split: one 2-factor pass and one global pass
+        steps=lambda shape, options: 2 * (options["n_factors"] - 1) * options["n_iter"],
+        first_step=1,
+        presets={"quick": {"n_iter": 30}},
+        work_elements=_work,
+    ),
+)

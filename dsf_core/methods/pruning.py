@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import Fit, check_pattern_budget, nm_mask, nm_pattern, rowwise_topk_mask, topk_mask
+from ._common import Fit, check_pattern_budget, nm_count, nm_mask, nm_pattern, rowwise_topk_mask, topk_mask
+from ._spec import MethodSpec, Plan, fixed_names, pattern_option
 
 
 def fit_magnitude(W, *, budget, gram, generator, progress, pattern):
@@ -38,9 +39,8 @@ def fit_wanda(W, *, budget, gram, generator, progress, pattern):
 
 def _pattern_mask(method, scores, pattern, budget):
     """The ``n:m`` mask of the best scores; BudgetError when the pattern needs more than ``budget``."""
-    group = nm_pattern(pattern)
-    check_pattern_budget(method, group, budget, tuple(scores.shape))
-    return nm_mask(scores, *group)
+    kept_count(method, tuple(scores.shape), budget, pattern)
+    return nm_mask(scores, *nm_pattern(pattern))
 
 
 def _scores(W: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
@@ -57,3 +57,57 @@ def _pruned(W, scores, mask, progress) -> Fit:
     total = scores.square().sum().clamp_min(torch.finfo(W.dtype).tiny)
     progress(0, float((dropped / total).sqrt()))
     return Fit(factors=[torch.where(mask, W, 0)], sparse=[True])
+
+
+def kept_count(method: str, shape, budget: int, pattern: str) -> int:
+    """The weights a pruning method keeps: ``budget``, or what an ``n:m`` pattern keeps (which must
+    fit the budget)."""
+    group = nm_pattern(pattern)
+    if group is None:
+        return budget
+    return check_pattern_budget(method, group, budget, shape)
+
+
+def min_kept(shape, pattern: str) -> int:
+    """The fewest weights a pruning method can keep under ``pattern``."""
+    group = nm_pattern(pattern)
+    return 1 if group is None else nm_count(shape, *group)
+
+
+def _plan_magnitude(shape, budget, options) -> Plan:
+    m, n = shape
+    kept = kept_count("magnitude", shape, budget, options["pattern"])
+    return Plan(True, options, min_kept(shape, options["pattern"]), f"the {kept:,} largest |W_ij| of {m * n:,}")
+
+
+def _plan_wanda(shape, budget, options) -> Plan:
+    m, n = shape
+    kept = kept_count("wanda", shape, budget, options["pattern"])
+    summary = f"{kept / m:.1f} weights per output row on average (of {n:,}), scored by |W_ij| * ||x_j||"
+    return Plan(True, options, min_kept(shape, options["pattern"]), summary)
+
+
+SPECS = (
+    MethodSpec(
+        "magnitude",
+        "Magnitude pruning: keep the largest |W_ij| (scaled by sqrt(diag G) with a Gram matrix).",
+        "optional",
+        {"pattern": pattern_option()},
+        fit_magnitude,
+        _plan_magnitude,
+        "pruned",
+        factor_names=fixed_names("Pruned W"),
+    ),
+    MethodSpec(
+        "wanda",
+        "Wanda: in each output row keep the largest |W_ij| * sqrt(G_jj); no weight update "
+        "(per-row magnitude without a Gram matrix).",
+        "optional",
+        {"pattern": pattern_option()},
+        fit_wanda,
+        _plan_wanda,
+        "pruned",
+        factor_names=fixed_names("Pruned W"),
+        takes_row_weights=False,  # a fixed share of every row: row weights cannot move it
+    ),
+)

@@ -20,6 +20,8 @@ import torch
 
 from ..exceptions import DataFreeWarning
 from ._common import Fit, check_pattern_budget, nm_mask, nm_pattern, topk_mask
+from ._spec import MAX_STEPS, MethodSpec, Option, Plan, fixed_names, pattern_option
+from .pruning import kept_count, min_kept
 
 
 def fit(W, *, budget, gram, generator, progress, pattern, damp, blocksize):
@@ -27,7 +29,7 @@ def fit(W, *, budget, gram, generator, progress, pattern, damp, blocksize):
     group = nm_pattern(pattern)
     if group is not None:
         check_pattern_budget("sparsegpt", group, budget, (m, n))
-        blocksize = -(-blocksize // group[1]) * group[1]  # a group never straddles two blocks
+    blocksize = _block_columns(blocksize, group)
     if gram is None:
         warnings.warn(
             "sparsegpt got no gram: it prunes against the identity Gram (data-free), where it keeps "
@@ -103,3 +105,47 @@ def _eliminate_block(block, U, share, group):
         block[:, i] = kept  # exactly: the update would leave rounding residue where it prunes
         errors[:, i] = error
     return errors, float(errors.square().sum())
+
+
+def _block_columns(blocksize: int, group) -> int:
+    """Columns per block: ``blocksize``, rounded up to a multiple of m for an n:m pattern (a group
+    never straddles two blocks)."""
+    return blocksize if group is None else -(-blocksize // group[1]) * group[1]
+
+
+def _steps(shape, options) -> int:
+    """One progress step per block of columns."""
+    return -(-shape[1] // _block_columns(options["blocksize"], nm_pattern(options["pattern"])))
+
+
+def _plan(shape, budget, options) -> Plan:
+    m, n = shape
+    kept = kept_count("sparsegpt", shape, budget, options["pattern"])
+    block = _block_columns(options["blocksize"], nm_pattern(options["pattern"]))
+    summary = f"keeps {kept:,} of {m * n:,} weights, chosen per block of {block} columns and updated to compensate"
+    return Plan(True, options, min_kept(shape, options["pattern"]), summary)
+
+
+SPECS = (
+    MethodSpec(
+        "sparsegpt",
+        "SparseGPT: prune column block by column block, updating the weights not yet pruned to "
+        "compensate (optimal brain surgeon updates with the input Gram; the identity data-free).",
+        "optional",
+        {
+            "pattern": pattern_option(),
+            "damp": Option(
+                float, 0.01, "Added to the Gram's diagonal, times its mean diagonal (as the paper's code).", low=0.0
+            ),
+            "blocksize": Option(
+                int, 128, "Columns per block: the mask is chosen per block (rounded up to a multiple of m for n:m).",
+                low=1, high=MAX_STEPS,
+            ),
+        },
+        fit,
+        _plan,
+        "pruned",
+        factor_names=fixed_names("Pruned W"),
+        steps=_steps,
+    ),
+)

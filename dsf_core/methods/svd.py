@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ._common import Fit, budget_error
+from ._spec import MethodSpec, Option, Plan, fixed_names
 
 
 def fit(W, *, budget, gram, generator, progress, rank):
@@ -25,7 +26,7 @@ def fit(W, *, budget, gram, generator, progress, rank):
         U, S, _ = torch.linalg.svd(W @ _gram_sqrt(gram), full_matrices=False)
         factors = [U[:, :r], U[:, :r].T @ W]
     progress(0, _dropped_fraction(S, r))
-    return Fit(factors=factors, sparse=[False, False], info={"rank": r})
+    return Fit(factors=factors, sparse=[False, False], info={"rank": r}, chosen={"rank": r})
 
 
 def _choose_rank(budget: int, m: int, n: int, rank) -> int:
@@ -49,3 +50,23 @@ def _dropped_fraction(S: torch.Tensor, r: int) -> float:
     """``sqrt(sum of the dropped sigma^2 / sum of all sigma^2)``: the (weighted) relative error."""
     energy = S.square()
     return float((energy[r:].sum() / energy.sum().clamp_min(torch.finfo(S.dtype).tiny)).sqrt())
+
+
+def plan(shape, budget, options) -> Plan:
+    m, n = shape
+    r = _choose_rank(budget, m, n, options["rank"])
+    return Plan(True, {**options, "rank": r}, (options["rank"] or 1) * (m + n), f"rank {r} of {min(m, n)}")
+
+
+SPECS = (
+    MethodSpec(
+        "svd",
+        "Truncated SVD: the best rank-r approximation (activation-aware with a Gram matrix).",
+        "optional",
+        {"rank": Option(int, None, "Rank r; default: the largest r with r (m + n) <= budget.", low=1, at_most_largest_side=True)},
+        fit,
+        plan,
+        "low-rank",
+        factor_names=fixed_names("A", "B"),
+    ),
+)

@@ -14,6 +14,7 @@ import math
 from bisect import bisect_right
 
 from ._common import Fit, budget_error
+from ._spec import MethodSpec, Option, Plan, numbered_names
 
 # Default number of cores. At equal budget, 2 cores gave the lowest error of d = 2, 3, 4 on every
 # MiniLM layer and synthetic matrix of algorithms.md tried (384..1536 a side, density 0.1..0.5).
@@ -22,7 +23,8 @@ _DEFAULT_CORES = 2
 
 def fit(W, *, budget, gram, generator, progress, ranks, n_cores):
     m, n = W.shape
-    m_modes, n_modes = modes(m, n, n_cores or _DEFAULT_CORES)
+    d = n_cores or _DEFAULT_CORES
+    m_modes, n_modes = modes(m, n, d)
     sizes = core_sizes(m_modes, n_modes)
     rank = _choose_rank(sizes, budget, ranks, (m, n))
     bonds = _bond_ranks(sizes, rank)
@@ -38,7 +40,7 @@ def fit(W, *, budget, gram, generator, progress, ranks, n_cores):
         "modes": (tuple(m_modes), tuple(n_modes)),
         "ranks": tuple(core.shape[0] for core in cores) + (1,),
     }
-    return Fit(factors=cores, sparse=[False] * len(cores), kind="tt", info=info)
+    return Fit(factors=cores, sparse=[False] * len(cores), kind="tt", info=info, chosen={"ranks": rank, "n_cores": d})
 
 
 def modes(m: int, n: int, d: int = _DEFAULT_CORES) -> tuple[list[int], list[int]]:
@@ -99,3 +101,45 @@ def _choose_rank(sizes: list[int], budget: int, ranks, shape) -> int:
     max_rank = max(_bond_ranks(sizes, math.prod(sizes))[1:-1])
     # _n_params grows with the rank: the largest rank with _n_params <= budget
     return bisect_right(range(1, max_rank + 1), budget, key=lambda r: _n_params(sizes, r))
+
+
+def plan(shape, budget, options) -> Plan:
+    d = options["n_cores"] or _DEFAULT_CORES
+    m_modes, n_modes = modes(*shape, d)
+    sizes = core_sizes(m_modes, n_modes)
+    rank = _choose_rank(sizes, budget, options["ranks"], shape)
+    summary = f"modes {tuple(m_modes)} x {tuple(n_modes)}, TT rank up to {rank}"
+    chosen = {**options, "ranks": rank, "n_cores": d}
+    return Plan(True, chosen, _n_params(sizes, options["ranks"] or 1), summary)
+
+
+SPECS = (
+    MethodSpec(
+        "tt",
+        "Tensor-train matrix (TT-matrix) via tensorly, ranks chosen to fit the budget.",
+        "no",
+        {
+            "ranks": Option(
+                int,
+                None,
+                "Internal TT rank (same for every bond, clamped to each bond's maximal rank); "
+                "default: the largest that fits the budget.",
+                low=1,
+                at_most_largest_side=True,
+            ),
+            "n_cores": Option(
+                int,
+                None,
+                "Number of TT cores d; m and n are split into d balanced factors (a size with too "
+                "few prime factors gets modes of size 1); default 2.",
+                low=2,
+                high=64,
+            ),
+        },
+        fit,
+        plan,
+        "tensor-train",
+        factor_names=numbered_names("G"),
+        takes_row_weights=False,
+    ),
+)
