@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dsf_app import job_results, jobs, method_settings, session, tradeoffs
+from dsf_app import job_results, jobs, method_settings, session, state, tradeoffs
 from dsf_app.messages import or_stop
 from dsf_core import METHODS
 
@@ -28,7 +28,9 @@ layers = session.layers_or_stop(bundle)
 names = [layer.name for layer in layers]
 shapes = {layer.name: "x".join(map(str, layer.shape)) for layer in layers}
 left, right = st.columns(2)
+state.from_url("trade_method", state.parse_choice(list(METHODS)), "method")
 method = left.selectbox("Method", list(METHODS), persist_state="session", key="trade_method")
+state.to_url("method", method, list(METHODS)[0])
 left.caption(METHODS[method].description)
 picked = right.multiselect(
     "Layers", names, default=names, persist_state="session", key="trade_layers", format_func=lambda n: f"{n} ({shapes[n]})"
@@ -50,7 +52,9 @@ output_weighting = right.checkbox(
     help="Weigh each layer's output rows by how much they move the model's output (one backward pass per "
     "calibration batch). Recommended for some models (minilm); measured slightly worse on others.",
 ) and weighs_rows
+state.from_url("trade_quick", state.parse_bool, "quick")
 quick = right.toggle("Quick presets", value=True, persist_state="session", key="trade_quick")
+state.to_url("quick", quick, True)
 if not reads_gram:
     why = "no calibration samples." if calibration == 0 else "it reads no Gram."
     st.caption(f"{method} works data-free here: {why}")
