@@ -53,12 +53,13 @@ def max_steps(method: str, options: Mapping[str, Any]) -> int | None:
     return None
 
 
-def progress_fraction(method: str, options: Mapping[str, Any], step: int) -> float | None:
-    """How far a run is after callback ``step`` (DSF counts rounds from 0, PALM4MSA sweeps from 1)."""
+def progress_fraction(method: str, options: Mapping[str, Any], step: int, within: float = 1.0) -> float | None:
+    """How far a run is after callback ``step`` (DSF counts rounds from 0, PALM4MSA sweeps from 1),
+    or, from a heartbeat, when the fraction ``within`` of that step is done."""
     total = max_steps(method, options)
     if total is None:
         return None
-    done = step + 1 if method == "dsf" else step
+    done = step + within if method == "dsf" else step - 1 + within
     return min(done / total, 1.0)
 
 
@@ -125,12 +126,14 @@ def run(
     aware: bool,
     device: torch.device,
     callback: Callable[[int, float], bool] | None = None,
+    heartbeat: Callable[[int, float], bool] | None = None,
 ) -> Outcome:
     """Factorize ``weight`` (activation-aware with the damped ``gram`` if ``aware``) and summarize
-    it against ``matrix`` and the undamped ``gram``."""
+    it against ``matrix`` and the undamped ``gram``; ``callback`` and ``heartbeat`` as ``factorize``'s."""
     fit_gram = method_settings.fit_gram(gram, method, aware)
     result = dsf_core.factorize(
-        weight, method, density=density, gram=fit_gram, device=device, callback=callback, **options
+        weight, method, density=density, gram=fit_gram, device=device, callback=callback, heartbeat=heartbeat,
+        **options,
     )
     return summarize(result, matrix, gram)
 

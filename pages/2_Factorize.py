@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dsf_app import factorize_run as fr
-from dsf_app import figures, job_results, jobs, method_settings, session
+from dsf_app import figures, job_results, jobs, method_settings, session, state
 from dsf_app.figures import downsample
 from dsf_app.messages import plain_message
 from dsf_core import METHODS
@@ -65,8 +65,19 @@ def option_widgets(method: str, quick: bool) -> dict:
     for i, (name, option) in enumerate(spec.options.items()):
         with columns[i % 3]:
             key = f"fact_opt_{method}_{mode}_{name}"
+            option_from_url(key, method, name, option)
             values[name] = option_widget(key, name, option, base[name], automatic.get(name))
+            state.to_url(f"opt_{name}", values[name], base[name])
+    for param in [p for p in st.query_params if p.startswith("opt_") and p[4:] not in spec.options]:
+        del st.query_params[param]  # another method's option
     return values
+
+
+def option_from_url(key: str, method: str, name: str, option) -> None:
+    """A link's ``opt_<name>`` value for the option widget ``key``, checked as the method checks it."""
+    state.from_url(key, lambda text: option.check(method, name, option.kind(text)), f"opt_{name}")
+    if key in st.session_state and option.default is None:
+        st.session_state.setdefault(f"{key}_auto", False)  # a number from the link, not "auto"
 
 
 def aware_choice(method: str) -> bool:
@@ -77,6 +88,7 @@ def aware_choice(method: str) -> bool:
     if target.gram is None:
         st.caption(f"Activation-aware runs need calibration inputs, and this matrix has none ({target.gram_source}).")
         return False
+    state.from_url("fact_aware", state.parse_choice(["Data-free", AWARE]), "objective")
     choice = st.radio(
         "Objective",
         ["Data-free", AWARE],
@@ -85,6 +97,7 @@ def aware_choice(method: str) -> bool:
         help="Data-free minimises ||W - W_hat||_F; activation-aware minimises the layer's output error "
         "on the calibration inputs, sqrt(tr(D G D^T) / tr(W G W^T)) with D = W - W_hat.",
     )
+    state.to_url("objective", choice, "Data-free")
     if choice == AWARE:
         st.caption(f"Input Gram from {target.gram_source}, damped by 1% of its mean diagonal for the fit.")
     return choice == AWARE
@@ -96,7 +109,13 @@ def draw_live(job: jobs.Job) -> None:
     if history:
         figure = figures.convergence(history, "Convergence so far")
         st.plotly_chart(figure, key="fact_live_convergence", width="stretch")
-        st.caption(f"{len(history)} steps so far; latest objective {history[-1]:.4g}.")
+        st.caption(f"{steps_text(len(history))} so far; latest objective {history[-1]:.4g}.")
+    elif job.fraction is not None:
+        st.caption(f"The first step is under way ({job.fraction:.0%} of the run done); its objective comes when it ends.")
+
+
+def steps_text(count: int) -> str:
+    return f"{count} step" + ("" if count == 1 else "s")
 
 
 def collect_finished_job(cache: dict) -> None:
@@ -201,6 +220,9 @@ def draw_spectra(outcome: fr.Outcome) -> None:
 def draw_convergence(outcome: fr.Outcome) -> None:
     history = outcome.result.history
     st.subheader("Convergence")
+    if outcome.stopped and len(history) <= 1:
+        st.caption(f"Stopped after {steps_text(len(history))}: no curve to draw.")
+        return
     if len(history) <= 1:
         st.caption(f"{outcome.result.method} is not iterative: it reports a single step.")
         return
@@ -210,7 +232,10 @@ def draw_convergence(outcome: fr.Outcome) -> None:
 
 def draw_outcome(outcome: fr.Outcome) -> None:
     if outcome.stopped:
-        st.info(f"Stopped after {outcome.steps} steps: below are the factors as they were at that step.")
+        if outcome.steps == 0:
+            st.info("Stopped during the first step: below are the factors it started from.")
+        else:
+            st.info(f"Stopped after {steps_text(outcome.steps)}: below is what it had reached.")
     draw_metrics(outcome)
     draw_factors(outcome)
     draw_matrices(outcome)
@@ -226,8 +251,12 @@ def start_run(key: tuple, method: str, options: dict, aware: bool) -> None:
         def callback(step: int, objective: float) -> bool:
             return job.report((step, objective), fr.progress_fraction(method, options, step))
 
+        def heartbeat(step: int, within: float) -> bool:
+            return job.report(None, fr.progress_fraction(method, options, step, within))
+
         return fr.run(
-            weight, matrix, gram, method, options, density=density, aware=aware, device=device, callback=callback
+            weight, matrix, gram, method, options, density=density, aware=aware, device=device, callback=callback,
+            heartbeat=heartbeat,
         )
 
     job = job_results.start(JOB, key, work, f"{method} on {target.label}")
@@ -238,7 +267,10 @@ def start_run(key: tuple, method: str, options: dict, aware: bool) -> None:
 # --- method and options ------------------------------------------------------------------------
 
 names = list(METHODS)
+state.from_url("fact_method", state.parse_choice(names), "method")
 method = st.selectbox("Method", names, index=names.index("dsf"), persist_state="session", key="fact_method")
+state.to_url("method", method, "dsf")
+state.from_url("fact_quick", state.parse_bool, "quick")
 st.caption(METHODS[method].description)
 quick = st.toggle(
     "Quick preview",
@@ -247,6 +279,7 @@ quick = st.toggle(
     help="Start from the method's 'quick' preset (about 1 s on a 512 x 512 matrix); "
     "off: the papers' quality defaults.",
 )
+state.to_url("quick", quick, True)
 preset = method_settings.options(method, quick=True)
 if quick and preset:
     st.caption(f"Quick preview: {method} starts from its 'quick' preset {preset} over the defaults.")

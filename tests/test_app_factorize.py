@@ -137,9 +137,35 @@ def test_stop_returns_the_partial_result(layer):
     (outcome,) = cached(at)
     assert not at.exception and not at.error
     assert outcome.stopped and 0 < outcome.steps < 2000
-    assert any(f"Stopped after {outcome.steps} steps" in info.value for info in at.info)
+    assert any(f"Stopped after {outcome.steps} step" in info.value for info in at.info)
     assert float(metric(at, "Relative error")) == pytest.approx(outcome.result.error(matrix), rel=1e-3)
     assert metric(at, "Steps run") == str(outcome.steps)
+
+
+def test_stop_inside_the_first_round_of_a_large_matrix():
+    """A 2048 x 2048 DSF round takes seconds: the bar moves inside it, and Stop does not wait for it."""
+    at = page()
+    at.radio(key="_target_source").set_value("Synthetic matrix").run()
+    at.number_input(key="_synthetic_m").set_value(2048)
+    at.number_input(key="_synthetic_n").set_value(2048).run()
+    at.toggle(key="fact_quick").set_value(False).run()
+    at.button(key="fact_run").click().run()
+    job = at.session_state["fact_job"]
+    deadline = time.monotonic() + 60
+    while job.fraction is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    at.run()
+    assert job.running and not job.progress, "the first round should still be going"
+    assert at.get("progress") and any("first step is under way" in c.value for c in at.caption)
+    at.button(key="fact_job_stop").click().run()
+    assert job.wait(60)
+    at.run()
+    (outcome,) = cached(at)
+    assert not at.exception and not at.error
+    assert outcome.stopped and outcome.steps == 0
+    assert any("Stopped during the first step" in info.value for info in at.info)
+    assert any("no curve to draw" in c.value for c in at.caption)
+    assert not any("not iterative" in c.value for c in at.caption)
 
 
 def test_budget_below_the_minimum_is_a_plain_message_and_the_page_recovers():
