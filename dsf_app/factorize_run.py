@@ -10,6 +10,7 @@ import torch
 
 import dsf_core
 from dsf_core import METHODS, Factorization, Option
+from dsf_core.compress import with_factorized_layer
 from dsf_core.plan import automatic_options
 
 from . import job_results, layer_stats, method_settings
@@ -138,6 +139,12 @@ def run(
     return summarize(result, matrix, gram)
 
 
+def model_metrics(bundle, layer_name: str, result: Factorization) -> dict:
+    """The model's evaluation with layer ``layer_name`` alone replaced by ``result`` (on a copy)."""
+    model = with_factorized_layer(bundle.model, layer_name, result)
+    return {name: float(value) for name, value in bundle.evaluate(model).items()}
+
+
 # --- the cache key -----------------------------------------------------------------------------
 
 
@@ -177,6 +184,22 @@ def summary_rows(outcome: Outcome) -> list[dict]:
         ("Device", str(result.device), "-"),
     ]
     return [{"quantity": q, "factorization": v, "dense matrix": d} for q, v, d in rows]
+
+
+def history_row(key: tuple, outcome: Outcome) -> dict:
+    """One run of the page's history: what it was and what it gave."""
+    _, method, options, density, aware, device = key
+    changed = {name: value for name, value in options if value != METHODS[method].options[name].default}
+    return {
+        "run": f"{method} at {density:.2f}" + (", aware" if aware else "") + (f" {changed}" if changed else ""),
+        "relative error": outcome.relative_error,
+        "output error": outcome.output_error,
+        "parameters": outcome.result.n_params,
+        "steps": outcome.steps,
+        "stopped": outcome.stopped,
+        "seconds": round(outcome.result.seconds, 3),
+        "device": device,
+    }
 
 
 def factor_label(result: Factorization, index: int) -> str:

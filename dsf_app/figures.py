@@ -81,3 +81,14 @@ def convergence(history: list[float], title: str = "Convergence") -> go.Figure:
     return layout(
         fig, title, height=300, xaxis_title="step", yaxis_title="objective (relative error)", yaxis_type="log"
     )
+
+
+def convergence_overlay(curves: dict[str, list[float]]) -> go.Figure:
+    """Several runs' objectives per step on one log axis, one line per run."""
+    fig = go.Figure()
+    for name, history in curves.items():
+        fig.add_trace(go.Scatter(x=list(range(1, len(history) + 1)), y=list(history), mode="lines", name=name))
+    return layout(
+        fig, "Convergence of these runs", height=320, xaxis_title="step", yaxis_title="objective (relative error)",
+        yaxis_type="log", legend=dict(orientation="h", y=-0.25),
+    )

@@ -187,17 +187,32 @@ def _layers_and_grams(model, forward, chosen: list[LayerInfo], batches, sequenti
         yield layer, grams[layer.name]
 
 
+def factorized_module(module: torch.nn.Module, result) -> torch.nn.Module:
+    """The module that computes what ``module`` computes with its weight replaced by ``result``
+    (its bias, and a convolution's stride, padding and dilation, are kept)."""
+    if module.weight.ndim == 4:
+        return result.to_module(module.bias, stride=module.stride, padding=module.padding, dilation=module.dilation)
+    return result.to_module(module.bias)
+
+
+def with_factorized_layer(model: torch.nn.Module, name: str, result) -> torch.nn.Module:
+    """A copy of ``model`` whose layer ``name`` is replaced by the factorization ``result`` of its
+    weight (the model itself is not changed): what one factorized layer does to the whole model."""
+    copy_of_model = copy.deepcopy(model).eval()
+    module = copy_of_model.get_submodule(name)
+    new = factorized_module(module, result).to(module.weight.device)
+    set_module(copy_of_model, name, new)
+    return copy_of_model
+
+
 def _compress_layer(model, layer: LayerInfo, method, density, gram, row_weights, options):
     """Factorize one layer's weight, put the factorized module in its place, and report."""
     module = model.get_submodule(layer.name)
     matrix = weight_matrix(module)
     given = dict(density=density, gram=gram, row_weights=row_weights, **options)
-    if module.weight.ndim == 4:  # a conv kernel: the result keeps the kernel shape
-        result = factorize(module.weight.detach(), method, **given)
-        new = result.to_module(module.bias, stride=module.stride, padding=module.padding, dilation=module.dilation)
-    else:
-        result = factorize(matrix, method, **given)
-        new = result.to_module(module.bias)
+    # a conv kernel: the result keeps the kernel shape
+    result = factorize(module.weight.detach() if module.weight.ndim == 4 else matrix, method, **given)
+    new = factorized_module(module, result)
     report = LayerReport(
         name=layer.name,
         shape=layer.shape,

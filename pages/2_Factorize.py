@@ -12,6 +12,7 @@ from dsf_core.plan import budget
 
 JOB = "fact_job"
 RESULTS = "fact_results"  # the bounded cache of outcomes (job_results), keyed by fr.run_key
+MODEL_METRICS = "fact_model_metrics"  # the model's evaluation with one run's layer swapped in, by fr.run_key
 AWARE = "Activation-aware"
 QUICK_WAIT_SECONDS = 2.0  # a run this short shows its result at once (the 2 s target); longer ones go live
 
@@ -230,13 +231,56 @@ def draw_convergence(outcome: fr.Outcome) -> None:
     st.caption("The objective the method reported at each step (its relative error, on its own scaled problem).")
 
 
-def draw_outcome(outcome: fr.Outcome) -> None:
+def draw_in_model(outcome: fr.Outcome, key: tuple) -> None:
+    """The what-if at model level: this one layer swapped into a copy of the model, evaluated."""
+    st.subheader("In the model")
+    if target.key[0] == "synthetic":
+        st.caption("A synthetic matrix belongs to no model: choose a model layer to try it in the model.")
+        return
+    choice, layer_name = target.key
+    store = st.session_state.setdefault(MODEL_METRICS, {})
+    metrics = job_results.recall(store, key)
+    name = bundle.metric_name
+    if metrics is None:
+        st.caption(f"Swap this factorized layer into a copy of {choice.label} (every other layer dense) and "
+                   f"measure its {name.replace('_', ' ')}.")
+        if not st.button("Try in the model", key="fact_try", icon=":material/model_training:"):
+            return
+        with st.spinner("Evaluating the model with this layer factorized..."):
+            metrics = fr.model_metrics(bundle, layer_name, outcome.result)
+        job_results.remember(store, key, metrics)
+    dense = session.dense_metrics(choice)
+    better = "higher" if bundle.higher_is_better else "lower"
+    columns = st.columns(3)
+    columns[0].metric(f"{name.replace('_', ' ')}, dense model", f"{dense[name]:.4g}")
+    columns[1].metric(f"with {layer_name} factorized", f"{metrics[name]:.4g}", f"{metrics[name] - dense[name]:+.3g}",
+                      delta_color="normal" if bundle.higher_is_better else "inverse")
+    columns[2].metric("Other layers", "dense")
+    others = ", ".join(f"{k} {metrics[k]:.4g} (dense {dense[k]:.4g})" for k in metrics if k != name and k in dense)
+    st.caption(f"{better.capitalize()} is better. " + (f"Also: {others}." if others else ""))
+
+
+def draw_history(cache: dict) -> None:
+    """The runs on this matrix that the page still holds: a table and their curves overlaid."""
+    runs = [(key, outcome) for key, outcome in cache.items() if key[0] == target.key]
+    if len(runs) < 2:
+        return
+    st.subheader(f"Runs on this matrix ({len(runs)})")
+    rows = [fr.history_row(key, outcome) for key, outcome in runs]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    curves = {row["run"]: outcome.result.history for row, (_, outcome) in zip(rows, runs) if len(outcome.result.history) > 1}
+    if curves:
+        st.plotly_chart(figures.convergence_overlay(curves), key="fact_history_curves", width="stretch")
+
+
+def draw_outcome(outcome: fr.Outcome, key: tuple) -> None:
     if outcome.stopped:
         if outcome.steps == 0:
             st.info("Stopped during the first step: below are the factors it started from.")
         else:
             st.info(f"Stopped after {steps_text(outcome.steps)}: below is what it had reached.")
     draw_metrics(outcome)
+    draw_in_model(outcome, key)
     draw_factors(outcome)
     draw_matrices(outcome)
     draw_spectra(outcome)
@@ -308,6 +352,7 @@ if not jobs.show_running(JOB, draw_live) and key is not None:
     if failed is not None and failed[0] == key:
         st.error(f"Could not factorize: {failed[1]}")
     elif outcome is not None:
-        draw_outcome(outcome)
+        draw_outcome(outcome, key)
     else:
         st.info("Press **Factorize** to run this method with these options.")
+    draw_history(cache)

@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 import dsf_core
 from dsf_app import session
+from dsf_core.compress import compress_model
 from dsf_core.models import load_builtin
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "2_Factorize.py")
@@ -200,3 +201,33 @@ def test_cuda_without_a_gpu_warns_and_runs_on_the_cpu():
     assert any("no CUDA GPU" in w.value for w in at.warning)
     factorize_and_show(at)
     assert metric(at, "Device") == "cpu" and not at.error
+
+
+def test_try_in_the_model_equals_compress_model_on_that_layer_alone():
+    at = factorize_and_show(page())
+    assert f"with {LAYER} factorized" not in [m.label for m in at.metric]  # only on request: it costs an evaluation
+    at.button(key="fact_try").click().run()
+    assert not at.exception and not at.error
+    bundle = load_builtin("digits-cnn")
+    one_layer = compress_model(bundle, "dsf", DENSITY, layers=LAYER, calibration=0, **QUICK_DSF)
+    name = bundle.metric_name
+    (measured,) = at.session_state["fact_model_metrics"].values()
+    assert measured[name] == pytest.approx(one_layer.compressed_metric, rel=1e-6)
+    assert metric(at, f"with {LAYER} factorized") == f"{one_layer.compressed_metric:.4g}"
+    assert metric(at, f"{name.replace('_', ' ')}, dense model") == f"{one_layer.dense_metric:.4g}"
+    assert measured["loss"] > bundle.evaluate(bundle.model)["loss"]  # the layer's error shows at model level
+
+
+def test_runs_on_the_same_matrix_are_kept_side_by_side():
+    at = factorize_and_show(page())
+    at.selectbox(key="fact_method").set_value("palm4msa").run()
+    factorize_and_show(at)
+    at.selectbox(key="fact_method").set_value("svd").run()
+    factorize_and_show(at)
+    assert any(h.value == "Runs on this matrix (3)" for h in at.subheader)
+    table = next(frame.value for frame in at.dataframe if "relative error" in frame.value.columns)
+    assert [run.split(" ")[0] for run in table["run"]] == ["dsf", "palm4msa", "svd"]
+    errors = {outcome.result.method: outcome.relative_error for outcome in cached(at)}
+    assert list(table["relative error"]) == [errors["dsf"], errors["palm4msa"], errors["svd"]]
+    overlay = chart_spec(at, "fact_history_curves")
+    assert "dsf at 0.30" in overlay and "palm4msa at 0.30" in overlay and "svd at 0.30" not in overlay  # svd: one step
