@@ -13,7 +13,7 @@ import streamlit as st
 # defaults for the new model.
 PER_MODEL_KEYS = (
     "layer", "_layer_picker", "trade_layers", "trade_calibration", "trade_sequential",
-    "trade_output_weighting", "trade_pick",
+    "trade_output_weighting", "trade_pick", "trade_keep_below", "trade_overrides",
 )
 SAVED = "_per_model_choices"  # model label -> {key: value}
 

@@ -103,22 +103,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _layer_densities(given: list[str]) -> dict[str, float]:
-    """``--layer-density PATTERN=DENSITY`` arguments as ``{pattern: density}``, each density checked."""
-    from ._validation import check_density
-
-    densities = {}
-    for item in given:
-        pattern, sep, value = item.partition("=")
-        try:
-            if not (sep and pattern):
-                raise ValueError
-            densities[pattern] = check_density(float(value))
-        except ValueError:
-            raise ValueError(f"--layer-density {item!r}: expected PATTERN=DENSITY with a density in (0, 1]") from None
-    return densities
-
-
 def _count(text: str) -> int:
     """A non-negative integer argument."""
     try:
@@ -163,11 +147,11 @@ def _layers(args) -> int:
 
 def _compress(args) -> int:
     from .checkpoint import save_compressed
-    from .compress import compress_model
+    from .compress import compress_model, parse_layer_densities
     from .stats import dense_file_bytes, flops_per_sample
 
     options = _options(args)
-    layer_densities = _layer_densities(args.layer_density)
+    layer_densities = parse_layer_densities(args.layer_density, "--layer-density ")
     if streaming.streams(args):  # a Hugging Face directory: block by block
         if layer_densities or args.keep_infeasible:
             raise ValueError("--layer-density and --keep-infeasible apply to in-memory runs, not to streamed ones.")

@@ -6,7 +6,7 @@ import copy
 import fnmatch
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -176,6 +176,21 @@ def density_of(name: str, density: float, layer_densities: Mapping[str, float] |
         if fnmatch.fnmatchcase(name, pattern):
             return check_density(value)
     return density
+
+
+def parse_layer_densities(items: Iterable[str], where: str = "") -> dict[str, float]:
+    """``PATTERN=DENSITY`` items (a glob pattern of layer names, a density in (0, 1]) as
+    ``{pattern: density}``; a ValueError, prefixed by ``where``, names the first bad one."""
+    densities = {}
+    for item in items:
+        pattern, sep, value = item.partition("=")
+        try:
+            if not (sep and pattern.strip()):
+                raise ValueError
+            densities[pattern.strip()] = check_density(float(value))
+        except ValueError:
+            raise ValueError(f"{where}{item!r}: expected PATTERN=DENSITY with a density in (0, 1]") from None
+    return densities
 
 
 def check_calibration(count) -> int:
