@@ -102,6 +102,7 @@ def compress_model(
     ``stopped`` is set).
     """
     spec = get_method(method)
+    density = check_density(density)
     settings = _settings(bundle, spec, calibration, sequential, damp, output_weighting)
     options = options or dict(bundle.method_options.get(method, {}))
     start = time.perf_counter()
