@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -233,6 +234,16 @@ def download_name(run: Run, model_label: str) -> str:
 # --- the same run from a terminal ---------------------------------------------------------------
 
 
+def python_command() -> str:
+    """The Python this server runs (the project's virtual environment): relative to the working
+    directory when inside it, e.g. ``.venv/bin/python``, so that the command runs as shown."""
+    executable = Path(sys.executable)
+    try:
+        return shlex.quote(str(executable.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(executable))
+
+
 def cli_args(settings: Settings, model_spec: str, out: str = CLI_OUT) -> list[str]:
     """The arguments of ``python -m dsf_core`` that run ``settings``; the calibration settings are
     always written, as the app's defaults differ from the CLI's (which follow the model's)."""
@@ -252,14 +263,14 @@ def cli_args(settings: Settings, model_spec: str, out: str = CLI_OUT) -> list[st
 
 
 def cli_command(settings: Settings, model_spec: str, out: str = CLI_OUT) -> str:
-    return "python -m dsf_core " + shlex.join(cli_args(settings, model_spec, out))
+    return f"{python_command()} -m dsf_core " + shlex.join(cli_args(settings, model_spec, out))
 
 
 def cli_evaluate_command(model_spec: str, out: str = CLI_OUT) -> str:
     """The command that evaluates ``out``: a checkpoint names only a built-in model, so any other
     base model is given with ``--model``."""
     words = ["evaluate", out] + ([] if model_spec in BUILTIN_MODELS else ["--model", model_spec])
-    return "python -m dsf_core " + shlex.join(words)
+    return f"{python_command()} -m dsf_core " + shlex.join(words)
 
 
 # --- tables and figures -----------------------------------------------------------------------

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dsf_app import factorize_run as fr
-from dsf_app import figures, job_results, jobs, method_settings, session, state
+from dsf_app import figures, job_results, jobs, layer_stats, method_settings, session, state
 from dsf_app.figures import downsample
 from dsf_app.messages import plain_message
 from dsf_core import METHODS
@@ -159,7 +159,9 @@ def draw_metrics(outcome: fr.Outcome) -> None:
         )
     with st.expander("All numbers, beside the dense matrix's"):
         st.dataframe(pd.DataFrame(fr.summary_rows(outcome)), hide_index=True, width="stretch")
-        st.caption(f"Method info: {result.info}")
+        st.caption("What the method reports about its run:")
+        st.dataframe(pd.DataFrame({"item": list(result.info), "value": [str(v) for v in result.info.values()]}),
+                     hide_index=True, width="stretch")
 
 
 def draw_side_by_side(charts: dict) -> None:
@@ -198,11 +200,16 @@ def draw_matrices(outcome: fr.Outcome) -> None:
     original = target.matrix.detach().float().cpu()
     approximation = outcome.approximation
     limit = max(float(downsample(original).abs().max()), float(downsample(approximation).abs().max())) or 1.0
-    st.caption("One colour scale for all three, so the error's size reads directly against the weights.")
+    error = original - approximation
+    error_limit = float(downsample(error).abs().max()) or 1.0
+    st.caption(
+        f"W and W_hat share one colour scale (±{limit:.3g}); the error has its own (±{error_limit:.3g}, "
+        f"{error_limit / limit:.0%} of the weights' scale), so that its pattern shows even when it is small."
+    )
     draw_side_by_side({
         "fact_original": figures.heatmap(original, "Original W", zmax=limit),
         "fact_approx": figures.heatmap(approximation, "Approximation W_hat", zmax=limit),
-        "fact_error": figures.heatmap(original - approximation, "Error W - W_hat", zmax=limit),
+        "fact_error": figures.heatmap(error, "Error W - W_hat", zmax=error_limit),
     })
 
 
@@ -211,10 +218,11 @@ def draw_spectra(outcome: fr.Outcome) -> None:
     curves = {"original": outcome.original_values, "approximation": outcome.singular_values}
     title = f"Singular values: the product has numerical rank {outcome.rank} of {min(m, n)}"
     log = st.toggle("Logarithmic axis", value=True, persist_state="session", key="fact_spectrum_log")
-    st.plotly_chart(figures.spectrum(curves, title, log=log), key="fact_spectrum", width="stretch")
+    threshold = layer_stats.rank_threshold(outcome.singular_values, max(m, n), outcome.result.factors[0].dtype)
+    st.plotly_chart(figures.spectrum(curves, title, log=log, threshold=threshold), key="fact_spectrum", width="stretch")
     st.caption(
         "Sparse factors can keep the full rank where a truncated SVD of the same budget cannot; "
-        "the rank counts singular values above max(m, n) x float eps x the largest."
+        "the rank counts the approximation's singular values above the dashed line, max(m, n) x float eps x the largest."
     )
 
 
@@ -227,8 +235,15 @@ def draw_convergence(outcome: fr.Outcome) -> None:
     if len(history) <= 1:
         st.caption(f"{outcome.result.method} is not iterative: it reports a single step.")
         return
-    st.plotly_chart(figures.convergence(history), key="fact_convergence", width="stretch")
-    st.caption("The objective the method reported at each step (its relative error, on its own scaled problem).")
+    reported = {"relative error (above)": outcome.relative_error}
+    if outcome.output_error is not None:
+        reported["output error (above)"] = outcome.output_error
+    st.plotly_chart(figures.convergence(history, reported=reported), key="fact_convergence", width="stretch")
+    st.caption(
+        "The objective the method reported at each step: the relative error of the problem it solves, which for "
+        "an activation-aware DSF run is a rescaled one (W diag(sqrt(diag G))), not the output error. "
+        "The dashed lines are the final errors reported above, on the original weights and inputs."
+    )
 
 
 def draw_in_model(outcome: fr.Outcome, key: tuple) -> None:

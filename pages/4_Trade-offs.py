@@ -166,8 +166,9 @@ for column, axis in zip(plots, tradeoffs.AXES):
     column.plotly_chart(fig, key=f"trade_plot_{axis}", width="stretch")
 st.caption(
     "Each point is one compressed model (stopped runs are left out); the star and dashed line are the "
-    "dense model. Stored values count every number the model keeps (nonzeros of sparse factors); "
-    "checkpoint bytes are the size of its compressed safetensors file."
+    "dense model. Stored values count every number the model keeps (nonzeros of sparse factors, biases, layers "
+    "left dense), so they exceed the command line's `n_params_compressed`, which counts the compressed layers' "
+    "weights alone; checkpoint bytes are the size of its compressed safetensors file."
 )
 st.dataframe(tradeoffs.runs_table(runs, bundle.metric_name), hide_index=True, width="stretch")
 

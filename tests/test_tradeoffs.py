@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,8 @@ def test_keep_numbers_runs_and_deletes_the_files_of_dropped_ones(tmp_path):
 ])
 def test_cli_command_is_valid_for_the_cli_parser(settings):
     words = shlex.split(tradeoffs.cli_command(settings, "digits-cnn"))
-    assert words[:3] == ["python", "-m", "dsf_core"]
+    assert words[1:3] == ["-m", "dsf_core"]
+    assert Path(words[0]).resolve() == Path(sys.executable).resolve()  # the server's own (virtual environment's) Python
     args = _parser().parse_args(words[3:])
     assert (args.model, args.method, args.density) == ("digits-cnn", settings.method, settings.density)
     assert args.layers == settings.pattern and args.calibration == settings.calibration
