@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dsf_app import session
+from dsf_app import session, state
 from dsf_app.messages import or_stop, plain_message
 from dsf_core.layers import list_layers, skipped_layers
 from dsf_core.models import BUILTIN_MODELS
@@ -39,8 +39,8 @@ def load(make_choice) -> None:
     except Exception as exc:  # a failure to load is the user's file, path or form: say so, keep going
         st.session_state.home_load_error = (st.session_state.home_source, plain_message(exc))
         return
+    state.switch_model(st.session_state.model_choice.label, choice.label)
     st.session_state.model_choice = choice
-    st.session_state.layer = None
 
 
 def load_error(source: str) -> None:
@@ -104,6 +104,8 @@ with left:
         st.button("Load", key="home_tv_load", disabled=not (arch and path), on_click=load, args=(torchvision_choice,))
         load_error(source)
     elif source == "hf":
+        if current.kind == "hf":
+            st.session_state.setdefault("home_hf_path", current.path)
         path = st.text_input("Model directory on this server (config.json + .safetensors)", persist_state="session", key="home_hf_path")
         st.button("Load", key="home_hf_load", disabled=not path, on_click=load, args=(hf_choice,))
         load_error(source)

@@ -10,6 +10,7 @@ import torch
 
 import dsf_core
 from dsf_core import METHODS, Factorization, Option
+from dsf_core.compress import with_factorized_layer
 from dsf_core.plan import automatic_options
 
 from . import job_results, layer_stats, method_settings
@@ -42,9 +43,10 @@ def resolve_options(method: str, values: Mapping[str, Any]) -> dict:
     return METHODS[method].resolve_options(dict(values))
 
 
-def progress_fraction(method: str, shape: tuple[int, int], options: Mapping[str, Any], step: int) -> float:
-    """How far a run of ``method`` on an ``m x n`` matrix is after progress ``step``."""
-    return METHODS[method].progress_fraction(shape, options, step)
+def progress_fraction(method: str, shape: tuple[int, int], options: Mapping[str, Any], step: int,
+                      within: float = 1.0) -> float:
+    """How far a run of ``method`` on an ``m x n`` matrix is after progress ``step`` (or ``within`` it)."""
+    return METHODS[method].progress_fraction(shape, options, step, within)
 
 
 # --- one run -----------------------------------------------------------------------------------
@@ -110,14 +112,22 @@ def run(
     aware: bool,
     device: torch.device,
     callback: Callable[[int, float], bool] | None = None,
+    heartbeat: Callable[[int, float], bool] | None = None,
 ) -> Outcome:
     """Factorize ``weight`` (activation-aware with the damped ``gram`` if ``aware``) and summarize
-    it against ``matrix`` and the undamped ``gram``."""
+    it against ``matrix`` and the undamped ``gram``; ``callback`` and ``heartbeat`` as ``factorize``'s."""
     fit_gram = method_settings.fit_gram(gram, method, aware)
     result = dsf_core.factorize(
-        weight, method, density=density, gram=fit_gram, device=device, callback=callback, **options
+        weight, method, density=density, gram=fit_gram, device=device, callback=callback, heartbeat=heartbeat,
+        **options,
     )
     return summarize(result, matrix, gram)
+
+
+def model_metrics(bundle, layer_name: str, result: Factorization) -> dict:
+    """The model's evaluation with layer ``layer_name`` alone replaced by ``result`` (on a copy)."""
+    model = with_factorized_layer(bundle.model, layer_name, result)
+    return {name: float(value) for name, value in bundle.evaluate(model).items()}
 
 
 # --- the cache key -----------------------------------------------------------------------------
@@ -159,6 +169,22 @@ def summary_rows(outcome: Outcome) -> list[dict]:
         ("Device", str(result.device), "-"),
     ]
     return [{"quantity": q, "factorization": v, "dense matrix": d} for q, v, d in rows]
+
+
+def history_row(key: tuple, outcome: Outcome) -> dict:
+    """One run of the page's history: what it was and what it gave."""
+    _, method, options, density, aware, device = key
+    changed = {name: value for name, value in options if value != METHODS[method].options[name].default}
+    return {
+        "run": f"{method} at {density:.2f}" + (", aware" if aware else "") + (f" {changed}" if changed else ""),
+        "relative error": outcome.relative_error,
+        "output error": outcome.output_error,
+        "parameters": outcome.result.n_params,
+        "steps": outcome.steps,
+        "stopped": outcome.stopped,
+        "seconds": round(outcome.result.seconds, 3),
+        "device": device,
+    }
 
 
 def factor_label(result: Factorization, index: int) -> str:

@@ -97,12 +97,17 @@ def eckart_young_error(values: torch.Tensor, rank: int) -> float:
     return math.sqrt(float(squares[rank:].sum() / total))
 
 
+def rank_threshold(values: torch.Tensor, size: int, dtype: torch.dtype = torch.float64) -> float:
+    """The round-off level ``size * eps * max`` of ``values`` of a matrix computed in ``dtype``."""
+    return size * torch.finfo(dtype).eps * float(values.max()) if values.numel() else 0.0
+
+
 def numerical_rank(values: torch.Tensor, size: int, dtype: torch.dtype = torch.float64) -> int:
     """How many of ``values`` (singular values or PSD eigenvalues, largest first) exceed the
-    round-off ``size * eps * max`` of a matrix computed in ``dtype``."""
+    round-off level :func:`rank_threshold` of a matrix computed in ``dtype``."""
     if values.numel() == 0:
         return 0
-    return int((values > size * torch.finfo(dtype).eps * float(values.max())).sum())
+    return int((values > rank_threshold(values, size, dtype)).sum())
 
 
 def svd_rank(shape: tuple[int, int], density: float) -> int:

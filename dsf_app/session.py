@@ -16,9 +16,10 @@ import torch
 from dsf_core.calibration import collect_grams
 from dsf_core.examples import synthetic_matrix
 from dsf_core.layers import LayerInfo, list_layers, weight_matrix
-from dsf_core.models import ModelBundle, load_builtin
+from dsf_core.models import BUILTIN_MODELS, ModelBundle, load_builtin
 from dsf_core.models.loaders import load_checkpoint, load_hf, load_torchvision
 
+from . import state
 from .messages import or_stop, plain_message
 
 DEFAULT_MODEL = "digits-cnn"
@@ -172,10 +173,13 @@ NAVIGATION = [
 
 
 def setup_page(title: str) -> None:
-    """Page config, shared session defaults, page links and the sidebar summary; call first on
-    every page."""
+    """Page config, shared session defaults (or what the URL says), page links and the sidebar
+    summary; call first on every page."""
     icon = next(icon for _, label, icon in NAVIGATION if label == title)
     st.set_page_config(page_title=f"{title} · DSF Explorer", page_icon=icon, layout="wide")
+    state.from_url("model_choice", model_from_url, "model")
+    state.from_url("layer", str)
+    state.from_url("density", state.parse_density)
     for key, value in DEFAULTS.items():
         st.session_state.setdefault(key, value)
     try:
@@ -185,6 +189,18 @@ def setup_page(title: str) -> None:
         pass
     choice = st.session_state.model_choice
     st.sidebar.caption(f"Model: **{choice.label}** · device: **{device().type}**")
+    state.to_url("model", state.model_parameter(choice.kind, choice.name, choice.path), DEFAULT_MODEL)
+
+
+def model_from_url(text: str) -> ModelChoice:
+    """The model a link names, loaded once to be sure it loads (a ValueError says why not)."""
+    kind, name, path = state.parse_model(text, list(BUILTIN_MODELS))
+    choice = ModelChoice(kind, name, path, version=file_version(path) if path else 0)
+    try:
+        cached_bundle(choice)
+    except Exception as exc:  # the directory a link names may not hold a model any more
+        raise ValueError(plain_message(exc)) from exc
+    return choice
 
 
 def current_choice() -> ModelChoice:
@@ -230,6 +246,8 @@ def choose_layer(bundle: ModelBundle, where=st.sidebar) -> LayerInfo:
     """A layer picker whose choice is shared by all pages (defaults to the largest layer)."""
     found = layers_or_stop(bundle)
     names = [layer.name for layer in found]
+    if st.session_state.layer not in names and st.query_params.get("layer") == st.session_state.layer:
+        st.warning(f"Ignored from the link: layer = {st.session_state.layer!r}, which this model does not have.")
     if st.session_state.layer not in names:
         st.session_state.layer = max(found, key=lambda layer: layer.shape[0] * layer.shape[1]).name
     if st.session_state.get("_layer_picker") not in names:  # first draw, or another model
@@ -242,6 +260,7 @@ def choose_layer(bundle: ModelBundle, where=st.sidebar) -> LayerInfo:
         persist_state="session",
     )
     st.session_state.layer = picked
+    state.to_url("layer", picked)
     return found[names.index(picked)]
 
 
@@ -250,6 +269,7 @@ def choose_density(where=st.sidebar, label: str = "Density (kept fraction of the
     st.session_state.setdefault("_density_slider", float(st.session_state.density))
     value = where.slider(label, 0.01, 1.0, step=0.01, key="_density_slider", persist_state="session")
     st.session_state.density = value
+    state.to_url("density", value, DEFAULTS["density"])
     return value
 
 

@@ -6,17 +6,21 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import statistics
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
+import torch
 
 from dsf_core import METHODS, BudgetError
 from dsf_core.checkpoint import save_compressed
-from dsf_core.compress import LayerReport, compress_model
+from dsf_core.compress import LayerReport, compress_model, parse_layer_densities
 from dsf_core.layers import select_layers
 from dsf_core.models import BUILTIN_MODELS, ModelBundle
 from dsf_core.stats import dense_file_bytes, stored_values
@@ -40,6 +44,12 @@ class Settings:
     sequential: bool = False  # Grams collected on the partly compressed model (slower)
     output_weighting: bool = False  # rows weighted by how much they move the model's output
     quick: bool = True  # the method's "quick" preset
+    layer_densities: tuple[tuple[str, float], ...] = ()  # (layer, its own density); 1 keeps it dense
+    keep_infeasible: bool = True  # a layer whose budget is too small for the method stays dense
+
+    @property
+    def densities(self) -> dict[str, float]:
+        return dict(self.layer_densities)
 
     @property
     def pattern(self) -> str | None:
@@ -52,7 +62,8 @@ class Settings:
 
     @property
     def label(self) -> str:
-        return f"{self.method} at density {self.density:.2f}"
+        own = f" ({len(self.layer_densities)} layers with their own)" if self.layer_densities else ""
+        return f"{self.method} at density {self.density:.2f}{own}"
 
 
 @dataclass
@@ -70,14 +81,16 @@ class Run:
     seconds: float
     checkpoint: str  # path of the compressed checkpoint
     number: int = 0  # set when kept, to name the run on the page
+    kept_dense: dict = field(default_factory=dict)  # layer -> why it stayed dense
+    latency_ms: float | None = None  # median forward time of the compressed model on LATENCY_BATCH samples
 
     @property
     def stopped(self) -> bool:
-        return len(self.layers) < self.n_layers
+        return len(self.layers) + len(self.kept_dense) < self.n_layers
 
     @property
     def name(self) -> str:
-        return f"#{self.number} {self.settings.label}"
+        return f"#{self.number} {self.settings.label}" + (" (partial)" if self.stopped else "")
 
 
 @dataclass
@@ -95,10 +108,28 @@ class Reference:
     metric: float
     stored_values: int
     file_bytes: int
+    latency_ms: float | None = None
+
+
+LATENCY_BATCH, LATENCY_REPEATS = 8, 10
+
+
+def latency_ms(bundle: ModelBundle, model) -> float:
+    """Median milliseconds of one forward pass of ``model`` on ``LATENCY_BATCH`` calibration samples
+    (after a warm-up), on the CPU thread count of this server."""
+    batch = bundle.calibration_inputs(LATENCY_BATCH)[0]
+    with torch.no_grad():
+        bundle.forward(model, batch)
+        times = []
+        for _ in range(LATENCY_REPEATS):
+            start = time.perf_counter()
+            bundle.forward(model, batch)
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def dense_reference(bundle: ModelBundle, metric: float) -> Reference:
-    return Reference(metric, stored_values(bundle.model), dense_file_bytes(bundle.model))
+    return Reference(metric, stored_values(bundle.model), dense_file_bytes(bundle.model), latency_ms(bundle, bundle.model))
 
 
 class RunFailed(ValueError):
@@ -112,7 +143,7 @@ def compress(bundle: ModelBundle, settings: Settings, model_spec: str, folder: s
     ``folder``. Raises :class:`RunFailed` saying why (and for a budget too small, which layer)."""
     chosen, done = [], []
 
-    def callback(count, total, layer: LayerReport):
+    def callback(count, total, layer: LayerReport | None):
         done.append(layer)
         return True if report is None else report(layer, count / total)
 
@@ -121,9 +152,11 @@ def compress(bundle: ModelBundle, settings: Settings, model_spec: str, folder: s
         result = compress_model(
             bundle, settings.method, settings.density, layers=settings.pattern, calibration=settings.calibration,
             sequential=settings.sequential, output_weighting=settings.output_weighting, evaluate=False, callback=callback,
+            layer_densities=settings.densities, keep_infeasible=settings.keep_infeasible,
             **method_settings.options(settings.method, settings.quick),
         )
         metrics = {k: float(v) for k, v in bundle.evaluate(result.model).items()}
+        latency = latency_ms(bundle, result.model)
         handle, path = tempfile.mkstemp(suffix=".safetensors", dir=folder)
         os.close(handle)
         file_bytes = save_compressed(path, result, model_spec, overwrite=True)  # our own temporary file
@@ -134,8 +167,17 @@ def compress(bundle: ModelBundle, settings: Settings, model_spec: str, folder: s
         raise RunFailed(f"{settings.label}, {reason}") from exc
     return Run(
         settings, metrics, metrics[bundle.metric_name], stored_values(result.model), file_bytes,
-        list(result.layers), len(chosen), result.seconds, path,
+        list(result.layers), len(chosen), result.seconds, path, kept_dense=dict(result.kept_dense), latency_ms=latency,
     )
+
+
+def layer_densities(layers, keep_below: int, overrides: str) -> tuple[tuple[str, float], ...]:
+    """The per-layer densities of a run: the ``PATTERN=DENSITY`` lines of ``overrides`` first (the
+    first match wins), then density 1 (kept dense) for each layer of fewer than ``keep_below``
+    parameters. A ValueError names a bad line."""
+    given = parse_layer_densities([line for line in overrides.splitlines() if line.strip()], "per-layer density ")
+    small = {layer.name: 1.0 for layer in layers if layer.n_params < keep_below}
+    return tuple(given.items()) + tuple(small.items())
 
 
 def sweep(bundle: ModelBundle, runs: Sequence[Settings], model_spec: str, folder: str,
@@ -182,12 +224,24 @@ def checkpoint_folder() -> str:
 
 
 def download_name(run: Run, model_label: str) -> str:
-    """A file name for the run's checkpoint, e.g. ``digits-cnn-dsf-d0.30.safetensors``."""
+    """A file name for the run's checkpoint, e.g. ``digits-cnn-dsf-d0.30.safetensors`` (``-partial``
+    before the suffix for a stopped run)."""
     stem = re.sub(r"[^A-Za-z0-9_.]+", "-", Path(model_label).stem).strip("-") or "model"
-    return f"{stem}-{run.settings.method}-d{run.settings.density:.2f}.safetensors"
+    partial = "-partial" if run.stopped else ""
+    return f"{stem}-{run.settings.method}-d{run.settings.density:.2f}{partial}.safetensors"
 
 
 # --- the same run from a terminal ---------------------------------------------------------------
+
+
+def python_command() -> str:
+    """The Python this server runs (the project's virtual environment): relative to the working
+    directory when inside it, e.g. ``.venv/bin/python``, so that the command runs as shown."""
+    executable = Path(sys.executable)
+    try:
+        return shlex.quote(str(executable.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(executable))
 
 
 def cli_args(settings: Settings, model_spec: str, out: str = CLI_OUT) -> list[str]:
@@ -196,6 +250,10 @@ def cli_args(settings: Settings, model_spec: str, out: str = CLI_OUT) -> list[st
     args = ["compress", model_spec, "--method", settings.method, "--density", format(settings.density, "g")]
     if settings.layers:
         args += ["--layers", settings.pattern]
+    for layer, density in settings.layer_densities:
+        args += ["--layer-density", f"{layer}={density:g}"]
+    if settings.keep_infeasible:
+        args.append("--keep-infeasible")
     args += ["--calibration", str(settings.calibration)]
     args.append("--sequential" if settings.sequential else "--independent")
     args.append("--output-weighting" if settings.output_weighting else "--no-output-weighting")
@@ -205,14 +263,14 @@ def cli_args(settings: Settings, model_spec: str, out: str = CLI_OUT) -> list[st
 
 
 def cli_command(settings: Settings, model_spec: str, out: str = CLI_OUT) -> str:
-    return "python -m dsf_core " + shlex.join(cli_args(settings, model_spec, out))
+    return f"{python_command()} -m dsf_core " + shlex.join(cli_args(settings, model_spec, out))
 
 
 def cli_evaluate_command(model_spec: str, out: str = CLI_OUT) -> str:
     """The command that evaluates ``out``: a checkpoint names only a built-in model, so any other
     base model is given with ``--model``."""
     words = ["evaluate", out] + ([] if model_spec in BUILTIN_MODELS else ["--model", model_spec])
-    return "python -m dsf_core " + shlex.join(words)
+    return f"{python_command()} -m dsf_core " + shlex.join(words)
 
 
 # --- tables and figures -----------------------------------------------------------------------
@@ -224,15 +282,24 @@ def runs_table(runs: Sequence[Run], metric_name: str) -> pd.DataFrame:
         "run": [run.number for run in runs],
         "method": [run.settings.method for run in runs],
         "density": [run.settings.density for run in runs],
-        "layers": [", ".join(run.settings.layers) or "all" for run in runs],
+        "layers": [_layers_text(run) for run in runs],
         "calibration": [_calibration_text(run.settings) for run in runs],
         "preset": [run.settings.preset or "defaults" for run in runs],
         metric_name: [run.metric for run in runs],
         "stored values": [run.stored_values for run in runs],
         "checkpoint bytes": [run.file_bytes for run in runs],
+        f"latency ms (batch {LATENCY_BATCH})": [run.latency_ms for run in runs],
         "seconds": [round(run.seconds, 2) for run in runs],
         "status": [_status(run) for run in runs],
     })
+
+
+def _layers_text(run: Run) -> str:
+    chosen = ", ".join(run.settings.layers) or "all"
+    dense = f"; {len(run.kept_dense)} kept dense" if run.kept_dense else ""
+    if run.stopped:
+        return f"partial: {len(run.layers) + len(run.kept_dense)} of {run.n_layers} ({chosen}){dense}"
+    return chosen + dense
 
 
 def _calibration_text(settings: Settings) -> str:
@@ -244,7 +311,7 @@ def _calibration_text(settings: Settings) -> str:
 
 def _status(run: Run) -> str:
     if run.stopped:
-        return f"stopped after {len(run.layers)} of {run.n_layers} layers"
+        return f"stopped after {len(run.layers) + len(run.kept_dense)} of {run.n_layers} layers"
     return f"{run.n_layers} layers"
 
 
@@ -270,6 +337,7 @@ def metric_figure(runs: Sequence[Run], dense: Reference, *, x: str, metric_name:
     fig.add_hline(y=dense.metric, line_dash="dash", line_color="gray")
     better = "higher" if higher_is_better else "lower"
     title = f"{metric_name} against {AXES[x]} ({better} is better)"
+    fig.update_xaxes(tickformat="~s")  # 22.7M, not 22.713215M
     return figures.layout(fig, title, height=400, xaxis_title=AXES[x], yaxis_title=metric_name)
 
 

@@ -35,6 +35,7 @@ def factorize(
     device=None,
     seed: int = 0,
     callback=None,
+    heartbeat=None,
     **options,
 ) -> Factorization:
     """Approximate ``weight`` by ``method`` within ``density * weight.numel()`` stored parameters.
@@ -44,7 +45,10 @@ def factorize(
     positive numbers; ``METHODS[method].takes_row_weights``: all but tt and wanda) weigh the output rows in the
     objective: the method approximates ``diag(row_weights) W`` and the first factor's rows are
     divided back, so the supports follow the weighted objective; ``callback(step,
-    objective)`` is called during the work and may return ``False`` to stop early. Method options
+    objective)`` is called after each step and may return ``False`` to stop early; ``heartbeat(step,
+    fraction)`` is called inside long steps (DSF: after each ADMM step, several times a second on a
+    2048 x 2048 matrix) with the fraction of the step done, and may return ``False`` to stop at once
+    (the best finished step is kept). Method options
     are listed in ``METHODS[method].options``. The work runs on ``device`` (default: the weight's),
     where the result's factors stay; ``seed`` fixes the random starts of methods that have them
     (PALM4MSA's power iterations), the others are deterministic. The input tensors are never
@@ -58,6 +62,7 @@ def factorize(
     device = check_device(device, weight.device)
     seed = check_seed(seed)
     callback = check_callback(callback)
+    heartbeat = check_callback(heartbeat, "heartbeat")
     resolved = spec.resolve_options(options)
     if gram is not None and spec.uses_gram == "no":
         warnings.warn(f"Method {method!r} does not use gram; it is ignored.", UserWarning, stacklevel=2)
@@ -90,7 +95,7 @@ def factorize(
         )
 
     generator = torch.Generator(device=device).manual_seed(seed)
-    progress = Progress(callback)
+    progress = Progress(callback, heartbeat)
     start = time.perf_counter()
     fit = spec.fit(work, budget=budget, gram=work_gram, generator=generator, progress=progress, **resolved)
     if device.type == "cuda":

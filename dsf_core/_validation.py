@@ -127,7 +127,7 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
-def check_callback(callback):
+def check_callback(callback, name: str = "callback"):
     if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable or None; got {type(callback).__name__}.")
+        raise TypeError(f"{name} must be callable or None; got {type(callback).__name__}.")
     return callback

@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--output-weighting", action=argparse.BooleanOptionalAction,
                           help="weigh each layer's output rows by how much they move the model's output "
                           "(default: as the model recommends)")
+    compress.add_argument("--layer-density", action="append", default=[], metavar="PATTERN=DENSITY",
+                          help="a density for the layers matching a glob pattern (the first match wins; 1 keeps "
+                          "them dense); repeatable")
+    compress.add_argument("--keep-infeasible", action="store_true",
+                          help="keep a layer dense when its budget is too small for the method, instead of failing")
     compress.add_argument("--preset", help="a named option set of the method, e.g. quick")
     compress.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a method option")
     compress.add_argument("--out", help="write the compressed checkpoint here (a safetensors file; a directory "
@@ -142,18 +147,22 @@ def _layers(args) -> int:
 
 def _compress(args) -> int:
     from .checkpoint import save_compressed
-    from .compress import compress_model
+    from .compress import compress_model, parse_layer_densities
     from .stats import dense_file_bytes, flops_per_sample
 
     options = _options(args)
+    layer_densities = parse_layer_densities(args.layer_density, "--layer-density ")
     if streaming.streams(args):  # a Hugging Face directory: block by block
+        if layer_densities or args.keep_infeasible:
+            raise ValueError("--layer-density and --keep-infeasible apply to in-memory runs, not to streamed ones.")
         return streaming.compress_command(args, options)
     if args.out is not None:  # before any long work: a bad path fails now, not after the run
         check_target(args.out, overwrite=args.overwrite)
     bundle = _load(args.model)
     result = compress_model(
         bundle, args.method, args.density, layers=args.layers, calibration=args.calibration,
-        sequential=args.sequential, output_weighting=args.output_weighting, callback=_progress_bar(), **options,
+        sequential=args.sequential, output_weighting=args.output_weighting, callback=_progress_bar(),
+        layer_densities=layer_densities, keep_infeasible=args.keep_infeasible, **options,
     )
     base = args.model if args.model in BUILTIN_MODELS else None  # a user's model is named again at load time
     if args.out is not None:
@@ -172,7 +181,7 @@ def _compress(args) -> int:
         "file_bytes": file_bytes, "dense_file_bytes": dense_file_bytes(bundle.model),
         "flops_per_sample": flops_per_sample(result.model, bundle.forward, probe, probe_size),
         "dense_flops_per_sample": flops_per_sample(bundle.model, bundle.forward, probe, probe_size),
-        "seconds": round(result.seconds, 3), "out": args.out,
+        "seconds": round(result.seconds, 3), "out": args.out, "kept_dense": result.kept_dense,
         "layers": [
             {"name": r.name, "shape": list(r.shape), "n_params_dense": r.n_params_dense, "n_params": r.n_params,
              "error": r.error, "weighted_error": r.weighted_error, "seconds": round(r.seconds, 3)}
@@ -186,7 +195,8 @@ def _compress(args) -> int:
     _table(rows, ["name", "shape", "n_params_dense", "n_params", "error", "weighted_error", "seconds"])
     print()
     for key in ("options", "settings", "metric_name", "dense_metric", "compressed_metric", "n_params_dense", "n_params_compressed",
-                "file_bytes", "dense_file_bytes", "flops_per_sample", "dense_flops_per_sample", "seconds", "out"):
+                "file_bytes", "dense_file_bytes", "flops_per_sample", "dense_flops_per_sample", "seconds", "out",
+                "kept_dense"):
         print(f"{key:22s} {_cell(summary[key])}")
     return 0
 
@@ -262,7 +272,8 @@ def _progress_bar():
     def show(done, total, report):
         filled = int(30 * done / total)
         end = "\n" if done == total else ""
-        print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {report.name[:40]:40s}", end=end,
+        name = "(kept dense)" if report is None else report.name
+        print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {name[:40]:40s}", end=end,
               file=sys.stderr, flush=True)
 
     return show

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import time
 from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -12,6 +14,8 @@ from torch import nn
 from ._api import factorize
 from ._registry import get_method
 from ._result import Factorization
+from ._validation import check_density
+from .exceptions import BudgetError
 from .calibration import collect_grams, output_sensitivity, sequential_groups
 from .layers import LayerInfo, select_layers, set_module, weight_matrix
 from .limits import limit
@@ -46,6 +50,8 @@ class CompressionResult:
     dense_metric: float | None = None
     compressed_metric: float | None = None
     seconds: float = 0.0
+    kept_dense: dict[str, str] = field(default_factory=dict)  # layer -> why it was left dense
+    stopped: bool = False  # the callback stopped the run before every chosen layer was done
 
     @property
     def n_params_dense(self) -> int:
@@ -69,6 +75,8 @@ def compress_model(
     output_weighting: bool | None = None,
     evaluate: bool = True,
     callback=None,
+    layer_densities: Mapping[str, float] | None = None,
+    keep_infeasible: bool = False,
     **options,
 ) -> CompressionResult:
     """Factorize the layers matching ``layers`` (glob patterns, all by default) of a copy of
@@ -85,15 +93,22 @@ def compress_model(
     Grams and takes row weights, and there are calibration samples); the bundle's
     ``method_options`` for ``method`` are used when no option is given (a preset replaces them).
     Output sensitivities are measured once, before any layer is compressed.
-    ``callback(done, total, report)`` is called after each layer; returning ``False`` stops
-    (the result then holds the layers done so far).
+    ``layer_densities`` maps glob patterns of layer names to their own density (the first pattern
+    that matches wins; 1 keeps the layer dense); with ``keep_infeasible``, a layer whose budget is
+    too small for the method (a :class:`BudgetError`) stays dense instead of failing the run. Both
+    are listed in ``kept_dense`` with the reason.
+    ``callback(done, total, report)`` is called after each layer (``report`` is None for a layer
+    kept dense); returning ``False`` stops (the result then holds the layers done so far, and
+    ``stopped`` is set).
     """
     spec = get_method(method)
+    density = check_density(density)
     settings = _settings(bundle, spec, calibration, sequential, damp, output_weighting)
     options = options or dict(bundle.method_options.get(method, {}))
     start = time.perf_counter()
     model = copy.deepcopy(bundle.model).eval()
     chosen = select_layers(model, layers)
+    densities = {layer.name: density_of(layer.name, density, layer_densities) for layer in chosen}
     use_data = settings["calibration"] > 0 and (spec.uses_gram != "no" or settings["output_weighting"])
     batches = bundle.calibration_inputs(settings["calibration"]) if use_data else []
     if not use_data:  # the run reads no calibration data (output weighting is then off already): say so
@@ -105,16 +120,27 @@ def compress_model(
     grams = _layers_and_grams(
         model, bundle.forward, chosen, batches if spec.uses_gram != "no" else [], settings["sequential"], settings["damp"]
     )
-    reports, factorizations = [], {}
-    for layer, gram in grams:
-        factorizations[layer.name], report = _compress_layer(
-            model, layer, method, density, gram, row_weights[layer.name], options
-        )
-        reports.append(report)
-        if callback is not None and callback(len(reports), len(chosen), report) is False:
+    reports, factorizations, kept_dense, stopped = [], {}, {}, False
+    for done, (layer, gram) in enumerate(grams, start=1):
+        report = None
+        if densities[layer.name] >= 1.0:
+            kept_dense[layer.name] = "density 1 for this layer"
+        else:
+            try:
+                factorizations[layer.name], report = _compress_layer(
+                    model, layer, method, densities[layer.name], gram, row_weights[layer.name], options
+                )
+                reports.append(report)
+            except BudgetError as exc:
+                if not keep_infeasible:
+                    raise
+                kept_dense[layer.name] = str(exc)
+        if callback is not None and callback(done, len(chosen), report) is False:
+            stopped = done < len(chosen)
             break
 
-    outcome = CompressionResult(model, method, density, dict(options), reports, factorizations, settings)
+    outcome = CompressionResult(model, method, density, dict(options), reports, factorizations, settings,
+                                kept_dense=kept_dense, stopped=stopped)
     if evaluate:
         outcome.metric_name = bundle.metric_name
         outcome.dense_metric = float(bundle.evaluate(bundle.model)[bundle.metric_name])
@@ -143,6 +169,29 @@ def _settings(bundle: ModelBundle, spec, calibration, sequential, damp, output_w
         "damp": defaults["damp"] if damp is None else damp,
         "output_weighting": bool(output_weighting),
     }
+
+
+def density_of(name: str, density: float, layer_densities: Mapping[str, float] | None) -> float:
+    """The density of layer ``name``: that of the first pattern of ``layer_densities`` it matches, else ``density``."""
+    for pattern, value in (layer_densities or {}).items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return check_density(value)
+    return density
+
+
+def parse_layer_densities(items: Iterable[str], where: str = "") -> dict[str, float]:
+    """``PATTERN=DENSITY`` items (a glob pattern of layer names, a density in (0, 1]) as
+    ``{pattern: density}``; a ValueError, prefixed by ``where``, names the first bad one."""
+    densities = {}
+    for item in items:
+        pattern, sep, value = item.partition("=")
+        try:
+            if not (sep and pattern.strip()):
+                raise ValueError
+            densities[pattern.strip()] = check_density(float(value))
+        except ValueError:
+            raise ValueError(f"{where}{item!r}: expected PATTERN=DENSITY with a density in (0, 1]") from None
+    return densities
 
 
 def check_calibration(count) -> int:
@@ -187,17 +236,32 @@ def _layers_and_grams(model, forward, chosen: list[LayerInfo], batches, sequenti
         yield layer, grams[layer.name]
 
 
+def factorized_module(module: torch.nn.Module, result) -> torch.nn.Module:
+    """The module that computes what ``module`` computes with its weight replaced by ``result``
+    (its bias, and a convolution's stride, padding and dilation, are kept)."""
+    if module.weight.ndim == 4:
+        return result.to_module(module.bias, stride=module.stride, padding=module.padding, dilation=module.dilation)
+    return result.to_module(module.bias)
+
+
+def with_factorized_layer(model: torch.nn.Module, name: str, result) -> torch.nn.Module:
+    """A copy of ``model`` whose layer ``name`` is replaced by the factorization ``result`` of its
+    weight (the model itself is not changed): what one factorized layer does to the whole model."""
+    copy_of_model = copy.deepcopy(model).eval()
+    module = copy_of_model.get_submodule(name)
+    new = factorized_module(module, result).to(module.weight.device)
+    set_module(copy_of_model, name, new)
+    return copy_of_model
+
+
 def _compress_layer(model, layer: LayerInfo, method, density, gram, row_weights, options):
     """Factorize one layer's weight, put the factorized module in its place, and report."""
     module = model.get_submodule(layer.name)
     matrix = weight_matrix(module)
     given = dict(density=density, gram=gram, row_weights=row_weights, **options)
-    if module.weight.ndim == 4:  # a conv kernel: the result keeps the kernel shape
-        result = factorize(module.weight.detach(), method, **given)
-        new = result.to_module(module.bias, stride=module.stride, padding=module.padding, dilation=module.dilation)
-    else:
-        result = factorize(matrix, method, **given)
-        new = result.to_module(module.bias)
+    # a conv kernel: the result keeps the kernel shape
+    result = factorize(module.weight.detach() if module.weight.ndim == 4 else matrix, method, **given)
+    new = factorized_module(module, result)
     report = LayerReport(
         name=layer.name,
         shape=layer.shape,

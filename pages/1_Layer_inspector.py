@@ -77,7 +77,8 @@ def show_singular_values(s: torch.Tensor) -> None:
         st.plotly_chart(spectrum, key="insp_spectrum", width="stretch")
         st.caption("Singular values, largest first (log scale): a fast drop means low rank helps.")
     with right:
-        energy = figures.spectrum({"energy in top k": layer_stats.energy_curve(s)}, "Energy in the top k", log=False)
+        energy = figures.spectrum({"energy in top k": layer_stats.energy_curve(s)}, "Energy in the top k", log=False,
+                                  quantity="share of ||W||_F² in the top k")
         st.plotly_chart(energy, key="insp_energy", width="stretch")
         st.caption(
             f"Share of ||W||_F² in the top k singular values: 90% in the top "
@@ -107,7 +108,10 @@ def show_gram(spectra: layer_stats.Spectra) -> None:
     cols = st.columns(2)
     cols[0].metric("Numerical rank of G", f"{layer_stats.numerical_rank(eigenvalues, n, target.gram.dtype)} of {n}")
     cols[1].metric("Effective rank of G", f"{layer_stats.effective_rank(eigenvalues):.1f}")
-    figure = figures.spectrum({"eigenvalues of G": eigenvalues}, "Eigenvalues of the input Gram G = XᵀX / rows")
+    figure = figures.spectrum(
+        {"eigenvalues of G": eigenvalues}, "Eigenvalues of the input Gram G = XᵀX / rows", quantity="eigenvalue",
+        threshold=layer_stats.rank_threshold(eigenvalues, n, target.gram.dtype),
+    )
     st.plotly_chart(figure, key="insp_gram", width="stretch")
     st.caption(
         f"From {target.gram_source}. Directions with tiny eigenvalues are inputs the layer barely "

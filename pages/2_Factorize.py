@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dsf_app import factorize_run as fr
-from dsf_app import figures, job_results, jobs, method_settings, session
+from dsf_app import figures, job_results, jobs, layer_stats, method_settings, session, state
 from dsf_app.figures import downsample
 from dsf_app.messages import plain_message
 from dsf_core import METHODS
@@ -12,6 +12,7 @@ from dsf_core.plan import budget
 
 JOB = "fact_job"
 RESULTS = "fact_results"  # the bounded cache of outcomes (job_results), keyed by fr.run_key
+MODEL_METRICS = "fact_model_metrics"  # the model's evaluation with one run's layer swapped in, by fr.run_key
 AWARE = "Activation-aware"
 QUICK_WAIT_SECONDS = 2.0  # a run this short shows its result at once (the 2 s target); longer ones go live
 
@@ -65,8 +66,19 @@ def option_widgets(method: str, quick: bool) -> dict:
     for i, (name, option) in enumerate(spec.options.items()):
         with columns[i % 3]:
             key = f"fact_opt_{method}_{mode}_{name}"
+            option_from_url(key, method, name, option)
             values[name] = option_widget(key, name, option, base[name], automatic.get(name))
+            state.to_url(f"opt_{name}", values[name], base[name])
+    for param in [p for p in st.query_params if p.startswith("opt_") and p[4:] not in spec.options]:
+        del st.query_params[param]  # another method's option
     return values
+
+
+def option_from_url(key: str, method: str, name: str, option) -> None:
+    """A link's ``opt_<name>`` value for the option widget ``key``, checked as the method checks it."""
+    state.from_url(key, lambda text: option.check(method, name, option.kind(text)), f"opt_{name}")
+    if key in st.session_state and option.default is None:
+        st.session_state.setdefault(f"{key}_auto", False)  # a number from the link, not "auto"
 
 
 def aware_choice(method: str) -> bool:
@@ -77,6 +89,7 @@ def aware_choice(method: str) -> bool:
     if target.gram is None:
         st.caption(f"Activation-aware runs need calibration inputs, and this matrix has none ({target.gram_source}).")
         return False
+    state.from_url("fact_aware", state.parse_choice(["Data-free", AWARE]), "objective")
     choice = st.radio(
         "Objective",
         ["Data-free", AWARE],
@@ -85,6 +98,7 @@ def aware_choice(method: str) -> bool:
         help="Data-free minimises ||W - W_hat||_F; activation-aware minimises the layer's output error "
         "on the calibration inputs, sqrt(tr(D G D^T) / tr(W G W^T)) with D = W - W_hat.",
     )
+    state.to_url("objective", choice, "Data-free")
     if choice == AWARE:
         st.caption(f"Input Gram from {target.gram_source}, damped by 1% of its mean diagonal for the fit.")
     return choice == AWARE
@@ -96,7 +110,13 @@ def draw_live(job: jobs.Job) -> None:
     if history:
         figure = figures.convergence(history, "Convergence so far")
         st.plotly_chart(figure, key="fact_live_convergence", width="stretch")
-        st.caption(f"{len(history)} steps so far; latest objective {history[-1]:.4g}.")
+        st.caption(f"{steps_text(len(history))} so far; latest objective {history[-1]:.4g}.")
+    elif job.fraction is not None:
+        st.caption(f"The first step is under way ({job.fraction:.0%} of the run done); its objective comes when it ends.")
+
+
+def steps_text(count: int) -> str:
+    return f"{count} step" + ("" if count == 1 else "s")
 
 
 def collect_finished_job(cache: dict) -> None:
@@ -139,7 +159,9 @@ def draw_metrics(outcome: fr.Outcome) -> None:
         )
     with st.expander("All numbers, beside the dense matrix's"):
         st.dataframe(pd.DataFrame(fr.summary_rows(outcome)), hide_index=True, width="stretch")
-        st.caption(f"Method info: {result.info}")
+        st.caption("What the method reports about its run:")
+        st.dataframe(pd.DataFrame({"item": list(result.info), "value": [str(v) for v in result.info.values()]}),
+                     hide_index=True, width="stretch")
 
 
 def draw_side_by_side(charts: dict) -> None:
@@ -178,11 +200,16 @@ def draw_matrices(outcome: fr.Outcome) -> None:
     original = target.matrix.detach().float().cpu()
     approximation = outcome.approximation
     limit = max(float(downsample(original).abs().max()), float(downsample(approximation).abs().max())) or 1.0
-    st.caption("One colour scale for all three, so the error's size reads directly against the weights.")
+    error = original - approximation
+    error_limit = float(downsample(error).abs().max()) or 1.0
+    st.caption(
+        f"W and W_hat share one colour scale (±{limit:.3g}); the error has its own (±{error_limit:.3g}, "
+        f"{error_limit / limit:.0%} of the weights' scale), so that its pattern shows even when it is small."
+    )
     draw_side_by_side({
         "fact_original": figures.heatmap(original, "Original W", zmax=limit),
         "fact_approx": figures.heatmap(approximation, "Approximation W_hat", zmax=limit),
-        "fact_error": figures.heatmap(original - approximation, "Error W - W_hat", zmax=limit),
+        "fact_error": figures.heatmap(error, "Error W - W_hat", zmax=error_limit),
     })
 
 
@@ -191,27 +218,84 @@ def draw_spectra(outcome: fr.Outcome) -> None:
     curves = {"original": outcome.original_values, "approximation": outcome.singular_values}
     title = f"Singular values: the product has numerical rank {outcome.rank} of {min(m, n)}"
     log = st.toggle("Logarithmic axis", value=True, persist_state="session", key="fact_spectrum_log")
-    st.plotly_chart(figures.spectrum(curves, title, log=log), key="fact_spectrum", width="stretch")
+    threshold = layer_stats.rank_threshold(outcome.singular_values, max(m, n), outcome.result.factors[0].dtype)
+    st.plotly_chart(figures.spectrum(curves, title, log=log, threshold=threshold), key="fact_spectrum", width="stretch")
     st.caption(
         "Sparse factors can keep the full rank where a truncated SVD of the same budget cannot; "
-        "the rank counts singular values above max(m, n) x float eps x the largest."
+        "the rank counts the approximation's singular values above the dashed line, max(m, n) x float eps x the largest."
     )
 
 
 def draw_convergence(outcome: fr.Outcome) -> None:
     history = outcome.result.history
     st.subheader("Convergence")
+    if outcome.stopped and len(history) <= 1:
+        st.caption(f"Stopped after {steps_text(len(history))}: no curve to draw.")
+        return
     if len(history) <= 1:
         st.caption(f"{outcome.result.method} is not iterative: it reports a single step.")
         return
-    st.plotly_chart(figures.convergence(history), key="fact_convergence", width="stretch")
-    st.caption("The objective the method reported at each step (its relative error, on its own scaled problem).")
+    reported = {"relative error (above)": outcome.relative_error}
+    if outcome.output_error is not None:
+        reported["output error (above)"] = outcome.output_error
+    st.plotly_chart(figures.convergence(history, reported=reported), key="fact_convergence", width="stretch")
+    st.caption(
+        "The objective the method reported at each step: the relative error of the problem it solves, which for "
+        "an activation-aware DSF run is a rescaled one (W diag(sqrt(diag G))), not the output error. "
+        "The dashed lines are the final errors reported above, on the original weights and inputs."
+    )
 
 
-def draw_outcome(outcome: fr.Outcome) -> None:
+def draw_in_model(outcome: fr.Outcome, key: tuple) -> None:
+    """The what-if at model level: this one layer swapped into a copy of the model, evaluated."""
+    st.subheader("In the model")
+    if target.key[0] == "synthetic":
+        st.caption("A synthetic matrix belongs to no model: choose a model layer to try it in the model.")
+        return
+    choice, layer_name = target.key
+    store = st.session_state.setdefault(MODEL_METRICS, {})
+    metrics = job_results.recall(store, key)
+    name = bundle.metric_name
+    if metrics is None:
+        st.caption(f"Swap this factorized layer into a copy of {choice.label} (every other layer dense) and "
+                   f"measure its {name.replace('_', ' ')}.")
+        if not st.button("Try in the model", key="fact_try", icon=":material/model_training:"):
+            return
+        with st.spinner("Evaluating the model with this layer factorized..."):
+            metrics = fr.model_metrics(bundle, layer_name, outcome.result)
+        job_results.remember(store, key, metrics)
+    dense = session.dense_metrics(choice)
+    better = "higher" if bundle.higher_is_better else "lower"
+    columns = st.columns(3)
+    columns[0].metric(f"{name.replace('_', ' ')}, dense model", f"{dense[name]:.4g}")
+    columns[1].metric(f"with {layer_name} factorized", f"{metrics[name]:.4g}", f"{metrics[name] - dense[name]:+.3g}",
+                      delta_color="normal" if bundle.higher_is_better else "inverse")
+    columns[2].metric("Other layers", "dense")
+    others = ", ".join(f"{k} {metrics[k]:.4g} (dense {dense[k]:.4g})" for k in metrics if k != name and k in dense)
+    st.caption(f"{better.capitalize()} is better. " + (f"Also: {others}." if others else ""))
+
+
+def draw_history(cache: dict) -> None:
+    """The runs on this matrix that the page still holds: a table and their curves overlaid."""
+    runs = [(key, outcome) for key, outcome in cache.items() if key[0] == target.key]
+    if len(runs) < 2:
+        return
+    st.subheader(f"Runs on this matrix ({len(runs)})")
+    rows = [fr.history_row(key, outcome) for key, outcome in runs]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    curves = {row["run"]: outcome.result.history for row, (_, outcome) in zip(rows, runs) if len(outcome.result.history) > 1}
+    if curves:
+        st.plotly_chart(figures.convergence_overlay(curves), key="fact_history_curves", width="stretch")
+
+
+def draw_outcome(outcome: fr.Outcome, key: tuple) -> None:
     if outcome.stopped:
-        st.info(f"Stopped after {outcome.steps} steps: below are the factors as they were at that step.")
+        if outcome.steps == 0:
+            st.info("Stopped during the first step: below are the factors it started from.")
+        else:
+            st.info(f"Stopped after {steps_text(outcome.steps)}: below is what it had reached.")
     draw_metrics(outcome)
+    draw_in_model(outcome, key)
     draw_factors(outcome)
     draw_matrices(outcome)
     draw_spectra(outcome)
@@ -226,8 +310,12 @@ def start_run(key: tuple, method: str, options: dict, aware: bool) -> None:
         def callback(step: int, objective: float) -> bool:
             return job.report((step, objective), fr.progress_fraction(method, (m, n), options, step))
 
+        def heartbeat(step: int, within: float) -> bool:
+            return job.report(None, fr.progress_fraction(method, (m, n), options, step, within))
+
         return fr.run(
-            weight, matrix, gram, method, options, density=density, aware=aware, device=device, callback=callback
+            weight, matrix, gram, method, options, density=density, aware=aware, device=device, callback=callback,
+            heartbeat=heartbeat,
         )
 
     job = job_results.start(JOB, key, work, f"{method} on {target.label}")
@@ -238,7 +326,10 @@ def start_run(key: tuple, method: str, options: dict, aware: bool) -> None:
 # --- method and options ------------------------------------------------------------------------
 
 names = list(METHODS)
+state.from_url("fact_method", state.parse_choice(names), "method")
 method = st.selectbox("Method", names, index=names.index("dsf"), persist_state="session", key="fact_method")
+state.to_url("method", method, "dsf")
+state.from_url("fact_quick", state.parse_bool, "quick")
 st.caption(METHODS[method].description)
 quick = st.toggle(
     "Quick preview",
@@ -247,6 +338,7 @@ quick = st.toggle(
     help="Start from the method's 'quick' preset (about 1 s on a 512 x 512 matrix); "
     "off: the papers' quality defaults.",
 )
+state.to_url("quick", quick, True)
 preset = method_settings.options(method, quick=True)
 if quick and preset:
     st.caption(f"Quick preview: {method} starts from its 'quick' preset {preset} over the defaults.")
@@ -275,6 +367,7 @@ if not jobs.show_running(JOB, draw_live) and key is not None:
     if failed is not None and failed[0] == key:
         st.error(f"Could not factorize: {failed[1]}")
     elif outcome is not None:
-        draw_outcome(outcome)
+        draw_outcome(outcome, key)
     else:
         st.info("Press **Factorize** to run this method with these options.")
+    draw_history(cache)

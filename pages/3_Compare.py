@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dsf_app import comparison, job_results, jobs, session
+from dsf_app import comparison, job_results, jobs, session, state
 from dsf_core import METHODS
 from dsf_core.methods._common import PATTERNS
 from dsf_core.plan import budget
@@ -22,17 +22,23 @@ st.caption(
 session.warn_if_no_cuda()
 
 left, middle, right = st.columns([3, 2, 1])
+state.from_url("cmp_methods", state.parse_choices(list(METHODS)), "methods")
 methods = left.multiselect("Methods", list(METHODS), default=list(METHODS), persist_state="session", key="cmp_methods")
+state.to_url("methods", methods, list(METHODS))
 modes = ["Data-free", "Activation-aware"]
+state.from_url("cmp_mode", state.parse_choice(modes), "objective")
+state.from_url("cmp_quick", state.parse_bool, "quick")
 mode = middle.radio(
     "Objective", modes, horizontal=True, persist_state="session", key="cmp_mode", disabled=target.gram is None,
     help=f"Activation-aware, the methods that read a Gram ({', '.join(comparison.GRAM_METHODS)}) fit the layer's "
     "outputs on the calibration inputs instead of its weights; the others always work data-free.",
 )
+state.to_url("objective", mode, modes[0])
 aware = mode == modes[1] and target.gram is not None
 quick = right.toggle(
     "Quick presets", value=True, persist_state="session", key="cmp_quick", help="Fewer iterations: about 1 s per 512 x 512 matrix."
 )
+state.to_url("quick", quick, True)
 patterned = comparison.patterned_methods()
 pattern = left.selectbox(
     "Sparsity pattern", PATTERNS, persist_state="session", key="cmp_pattern",

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dsf_app import job_results, jobs, method_settings, session, tradeoffs
+from dsf_app import job_results, jobs, method_settings, session, state, tradeoffs
 from dsf_app.messages import or_stop
 from dsf_core import METHODS
 
@@ -28,7 +28,9 @@ layers = session.layers_or_stop(bundle)
 names = [layer.name for layer in layers]
 shapes = {layer.name: "x".join(map(str, layer.shape)) for layer in layers}
 left, right = st.columns(2)
+state.from_url("trade_method", state.parse_choice(list(METHODS)), "method")
 method = left.selectbox("Method", list(METHODS), persist_state="session", key="trade_method")
+state.to_url("method", method, list(METHODS)[0])
 left.caption(METHODS[method].description)
 picked = right.multiselect(
     "Layers", names, default=names, persist_state="session", key="trade_layers", format_func=lambda n: f"{n} ({shapes[n]})"
@@ -50,12 +52,35 @@ output_weighting = right.checkbox(
     help="Weigh each layer's output rows by how much they move the model's output (one backward pass per "
     "calibration batch). Recommended for some models (minilm); measured slightly worse on others.",
 ) and weighs_rows
+state.from_url("trade_quick", state.parse_bool, "quick")
 quick = right.toggle("Quick presets", value=True, persist_state="session", key="trade_quick")
+state.to_url("quick", quick, True)
 if not reads_gram:
     why = "no calibration samples." if calibration == 0 else "it reads no Gram."
     st.caption(f"{method} works data-free here: {why}")
+with st.expander("Per-layer densities", expanded=False):
+    keep_below = int(st.number_input(
+        "Keep layers with fewer parameters than this dense (0: none)", 0, 10**12, 0, step=1000,
+        persist_state="session", key="trade_keep_below",
+    ))
+    overrides = st.text_area(
+        "Densities of their own, one PATTERN=DENSITY per line (glob patterns of layer names; 1 keeps a layer "
+        "dense; the first matching line wins, before the rule above)",
+        persist_state="session", key="trade_overrides", placeholder="fc=0.5\nconvs.*=0.2",
+    )
+    st.caption(
+        "Every other layer gets the density of the sidebar. A layer whose budget is too small for the method "
+        "(e.g. below rank 1 for SVD) is kept dense and listed with the run, instead of failing it."
+    )
+try:
+    own_densities = tradeoffs.layer_densities(layers, keep_below, overrides)
+except ValueError as exc:
+    st.error(str(exc))
+    st.stop()
 chosen_layers = tuple(picked) if len(picked) < len(names) else ()
-settings = tradeoffs.Settings(method, density, chosen_layers, calibration, sequential, output_weighting, quick)
+settings = tradeoffs.Settings(
+    method, density, chosen_layers, calibration, sequential, output_weighting, quick, own_densities
+)
 NOT_REPLAYABLE = (
     "The command line takes built-in models, Hugging Face directories and TorchScript files; this model "
     "(a state dict with its architecture) loads from Python: `dsf_core.models.loaders.load_torchvision`, "
@@ -72,6 +97,8 @@ def show_progress(job):
     done = [item for item in job.progress if item is not None]
     if done:
         st.caption(f"{len(done)} layers compressed; last: {done[-1].name}, relative error {done[-1].error:.3f}")
+    elif job.fraction:
+        st.caption("The first layers were kept dense (their own density, or a budget too small for the method).")
 
 
 def start(job_key: str, runs: list, label: str):
@@ -139,8 +166,9 @@ for column, axis in zip(plots, tradeoffs.AXES):
     column.plotly_chart(fig, key=f"trade_plot_{axis}", width="stretch")
 st.caption(
     "Each point is one compressed model (stopped runs are left out); the star and dashed line are the "
-    "dense model. Stored values count every number the model keeps (nonzeros of sparse factors); "
-    "checkpoint bytes are the size of its compressed safetensors file."
+    "dense model. Stored values count every number the model keeps (nonzeros of sparse factors, biases, layers "
+    "left dense), so they exceed the command line's `n_params_compressed`, which counts the compressed layers' "
+    "weights alone; checkpoint bytes are the size of its compressed safetensors file."
 )
 st.dataframe(tradeoffs.runs_table(runs, bundle.metric_name), hide_index=True, width="stretch")
 
@@ -150,15 +178,29 @@ number = st.selectbox(
 )
 run = by_number[number]
 st.plotly_chart(tradeoffs.layer_error_figure(run), key="trade_layer_errors", width="stretch")
+if run.kept_dense:
+    st.caption("Kept dense: " + "; ".join(f"**{name}**: {why}" for name, why in run.kept_dense.items()))
+if dense.latency_ms is not None and run.latency_ms is not None:
+    st.caption(
+        f"Measured latency (median of {tradeoffs.LATENCY_REPEATS} forward passes on {tradeoffs.LATENCY_BATCH} samples, "
+        f"this server's CPU): dense {dense.latency_ms:.2f} ms, this run {run.latency_ms:.2f} ms."
+    )
 st.caption(
     "Relative error of each layer's weight and, with calibration data, its activation-weighted error on "
     "the layer's (damped) calibration Gram: how much its outputs change."
 )
-st.download_button(
-    "Download the compressed checkpoint", data=Path(run.checkpoint).read_bytes,
-    file_name=tradeoffs.download_name(run, choice.label), mime="application/octet-stream",
-    key="trade_download", icon=":material/download:",
-)
+if run.stopped:
+    st.warning(
+        f"Run {run.name} was stopped: only {len(run.layers)} of its {run.n_layers} layers are compressed, so its "
+        "checkpoint is a partial one."
+    )
+if not run.stopped or st.checkbox("Download the partial checkpoint anyway", key="trade_partial_ok"):
+    st.download_button(
+        "Download the partial checkpoint" if run.stopped else "Download the compressed checkpoint",
+        data=Path(run.checkpoint).read_bytes,
+        file_name=tradeoffs.download_name(run, choice.label), mime="application/octet-stream",
+        key="trade_download", icon=":material/download:",
+    )
 if choice.replayable:
     st.caption("Load it with `dsf_core.checkpoint.load_compressed(path, base_model)`, or evaluate it from a terminal:")
     st.code(

@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 import dsf_core
 from dsf_app import session
+from dsf_core.compress import compress_model
 from dsf_core.models import load_builtin
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "2_Factorize.py")
@@ -137,9 +138,35 @@ def test_stop_returns_the_partial_result(layer):
     (outcome,) = cached(at)
     assert not at.exception and not at.error
     assert outcome.stopped and 0 < outcome.steps < 2000
-    assert any(f"Stopped after {outcome.steps} steps" in info.value for info in at.info)
+    assert any(f"Stopped after {outcome.steps} step" in info.value for info in at.info)
     assert float(metric(at, "Relative error")) == pytest.approx(outcome.result.error(matrix), rel=1e-3)
     assert metric(at, "Steps run") == str(outcome.steps)
+
+
+def test_stop_inside_the_first_round_of_a_large_matrix():
+    """A 2048 x 2048 DSF round takes seconds: the bar moves inside it, and Stop does not wait for it."""
+    at = page()
+    at.radio(key="_target_source").set_value("Synthetic matrix").run()
+    at.number_input(key="_synthetic_m").set_value(2048)
+    at.number_input(key="_synthetic_n").set_value(2048).run()
+    at.toggle(key="fact_quick").set_value(False).run()
+    at.button(key="fact_run").click().run()
+    job = at.session_state["fact_job"]
+    deadline = time.monotonic() + 60
+    while job.fraction is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    at.run()
+    assert job.running and not job.progress, "the first round should still be going"
+    assert at.get("progress") and any("first step is under way" in c.value for c in at.caption)
+    at.button(key="fact_job_stop").click().run()
+    assert job.wait(60)
+    at.run()
+    (outcome,) = cached(at)
+    assert not at.exception and not at.error
+    assert outcome.stopped and outcome.steps == 0
+    assert any("Stopped during the first step" in info.value for info in at.info)
+    assert any("no curve to draw" in c.value for c in at.caption)
+    assert not any("not iterative" in c.value for c in at.caption)
 
 
 def test_budget_below_the_minimum_is_a_plain_message_and_the_page_recovers():
@@ -186,3 +213,33 @@ def test_tt_cores_are_drawn_under_the_names_the_spec_gives(layer):
     titles = [chart_spec(at, f"fact_core_{i}") for i in range(len(result.factors))]
     for name, core, title in zip(names, result.factors, titles):
         assert f"Core {name} {tuple(core.shape)}" in title
+
+
+def test_try_in_the_model_equals_compress_model_on_that_layer_alone():
+    at = factorize_and_show(page())
+    assert f"with {LAYER} factorized" not in [m.label for m in at.metric]  # only on request: it costs an evaluation
+    at.button(key="fact_try").click().run()
+    assert not at.exception and not at.error
+    bundle = load_builtin("digits-cnn")
+    one_layer = compress_model(bundle, "dsf", DENSITY, layers=LAYER, calibration=0, **QUICK_DSF)
+    name = bundle.metric_name
+    (measured,) = at.session_state["fact_model_metrics"].values()
+    assert measured[name] == pytest.approx(one_layer.compressed_metric, rel=1e-6)
+    assert metric(at, f"with {LAYER} factorized") == f"{one_layer.compressed_metric:.4g}"
+    assert metric(at, f"{name.replace('_', ' ')}, dense model") == f"{one_layer.dense_metric:.4g}"
+    assert measured["loss"] > bundle.evaluate(bundle.model)["loss"]  # the layer's error shows at model level
+
+
+def test_runs_on_the_same_matrix_are_kept_side_by_side():
+    at = factorize_and_show(page())
+    at.selectbox(key="fact_method").set_value("palm4msa").run()
+    factorize_and_show(at)
+    at.selectbox(key="fact_method").set_value("svd").run()
+    factorize_and_show(at)
+    assert any(h.value == "Runs on this matrix (3)" for h in at.subheader)
+    table = next(frame.value for frame in at.dataframe if "relative error" in frame.value.columns)
+    assert [run.split(" ")[0] for run in table["run"]] == ["dsf", "palm4msa", "svd"]
+    errors = {outcome.result.method: outcome.relative_error for outcome in cached(at)}
+    assert list(table["relative error"]) == [errors["dsf"], errors["palm4msa"], errors["svd"]]
+    overlay = chart_spec(at, "fact_history_curves")
+    assert "dsf at 0.30" in overlay and "palm4msa at 0.30" in overlay and "svd at 0.30" not in overlay  # svd: one step

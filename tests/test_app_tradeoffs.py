@@ -111,16 +111,38 @@ def test_bad_inputs_are_plain_messages():
     assert "Choose at least one layer." in [i.value for i in at.info] and not problems(at)
     at.multiselect(key="trade_layers").set_value(["convs.0", "convs.1", "convs.2", "fc", "head"]).run()
     at.slider(key="_density_slider").set_value(0.01).run()
-    click_and_wait(at, "trade_run", "trade_job")
-    assert not at.exception
-    assert [e.value for e in at.error] == [
-        "Could not compress: svd at density 0.01, layer convs.0: below the method's minimum: "
-        "it needs 41 parameters (rank 1), the budget is 2"
-    ]
+    click_and_wait(at, "trade_run", "trade_job")  # convs.0, convs.1 and head cannot reach rank 1: kept dense
+    assert not problems(at)
+    (row,) = at.dataframe[0].value.to_dict("records")
+    assert row["layers"] == "all; 3 kept dense" and row["status"] == "5 layers"
+    kept = next(c.value for c in at.caption if c.value.startswith("Kept dense"))
+    assert "**convs.0**: Method 'svd' needs 41 parameters" in kept and "**head**" in kept
+    at.text_area(key="trade_overrides").set_value("fc=2").run()
+    assert [e.value for e in at.error] == ["per-layer density 'fc=2': expected PATTERN=DENSITY with a density in (0, 1]"]
+    at.text_area(key="trade_overrides").set_value("fc=1").run()
     at.slider(key="_density_slider").set_value(0.3).run()
     at.selectbox(key="trade_method").set_value("magnitude").run()
     click_and_wait(at, "trade_run", "trade_job")
-    assert not problems(at) and list(at.dataframe[0].value["method"]) == ["magnitude"]
+    table = at.dataframe[0].value
+    assert not problems(at) and list(table["method"]) == ["svd", "magnitude"]
+    assert table["layers"].iloc[-1] == "all; 1 kept dense"
+    assert "--layer-density fc=1" in at.code[0].value and "--keep-infeasible" in at.code[0].value
+
+
+def test_a_stopped_run_is_partial_and_its_checkpoint_is_offered_only_on_request():
+    at = open_page("4_Trade-offs.py")
+    at.toggle(key="trade_quick").set_value(False).run()  # full-quality DSF: several seconds per layer
+    at.button(key="trade_run").click().run()
+    job = at.session_state["trade_job"]
+    at.button(key="trade_job_stop").click().run()
+    assert job.wait(120) and job.result.runs[0].stopped
+    at.run()
+    assert not problems(at)
+    assert at.dataframe[0].value["layers"].iloc[0].startswith("partial: ")
+    assert any("was stopped" in w.value and "partial one" in w.value for w in at.warning)
+    assert not at.get("download_button")
+    at.checkbox(key="trade_partial_ok").check().run()
+    assert at.download_button(key="trade_download").proto.label == "Download the partial checkpoint"
 
 
 def test_output_weighting_is_offered_where_the_method_can_weigh_rows():

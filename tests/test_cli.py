@@ -100,3 +100,15 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
 def test_unknown_method_is_rejected_by_the_parser():
     result = run("compress", "digits-cnn", "--method", "qr", "--density", "0.5")
     assert result.returncode == 2 and "invalid choice: 'qr'" in result.stderr
+
+
+def test_compress_keeps_infeasible_layers_and_per_layer_densities_dense():
+    done = run("compress", "digits-cnn", "--method", "svd", "--density", "0.1", "--calibration", "0",
+               "--layer-density", "fc=1", "--keep-infeasible", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert list(summary["kept_dense"]) == ["convs.0", "fc", "head"]
+    assert [layer["name"] for layer in summary["layers"]] == ["convs.1", "convs.2"]
+
+    bad = run("compress", "digits-cnn", "--method", "svd", "--density", "0.1", "--layer-density", "fc")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "PATTERN=DENSITY" in bad.stderr

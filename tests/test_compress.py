@@ -314,3 +314,40 @@ def test_output_weighting_follows_what_the_method_can_do():
         compress_model(bundle, "magnitude", 0.5, calibration=0, output_weighting=True)
     with pytest.raises(ValueError, match=r"unknown compress settings \['calibraton'\]"):
         compress_model(dataclasses.replace(bundle, compress_defaults={"calibraton": 8}), "svd", 0.5)
+
+
+def test_layer_densities_give_layers_their_own_budget_and_one_keeps_a_layer_dense():
+    bundle = dsf_core.models.load_builtin("digits-cnn")
+    result = compress_model(bundle, "magnitude", 0.3, calibration=0, evaluate=False,
+                            layer_densities={"fc": 1.0, "convs.[01]": 0.5})
+    done = {report.name: report for report in result.layers}
+    assert set(done) == {"convs.0", "convs.1", "convs.2", "head"}
+    assert result.kept_dense == {"fc": "density 1 for this layer"}
+    assert torch.equal(result.model.fc.weight, bundle.model.fc.weight)
+    for name, density in (("convs.0", 0.5), ("convs.1", 0.5), ("convs.2", 0.3), ("head", 0.3)):
+        assert done[name].n_params == int(density * done[name].n_params_dense)
+    with pytest.raises(ValueError, match="density"):
+        compress_model(bundle, "magnitude", 0.3, calibration=0, evaluate=False, layer_densities={"fc": 1.5})
+
+
+def test_a_layer_that_cannot_meet_its_budget_is_kept_dense_when_asked(tmp_path):
+    bundle = dsf_core.models.load_builtin("digits-cnn")
+    with pytest.raises(dsf_core.BudgetError):  # convs.0 (32 x 9), head (10 x 128) at density 0.1: below rank 1
+        compress_model(bundle, "svd", 0.1, calibration=0, evaluate=False)
+    result = compress_model(bundle, "svd", 0.1, calibration=0, keep_infeasible=True)
+    assert list(result.kept_dense) == ["convs.0", "head"] and "needs" in result.kept_dense["head"]
+    assert [report.name for report in result.layers] == ["convs.1", "convs.2", "fc"]
+    assert not result.stopped and result.compressed_metric is not None
+    path = tmp_path / "m.safetensors"
+    save_compressed(path, result, "digits-cnn")
+    reloaded = dsf_core.checkpoint.load_compressed(path, bundle.model)
+    batch = bundle.calibration_inputs(8)[0]
+    torch.testing.assert_close(reloaded(batch), result.model(batch))
+
+
+def test_a_stopped_run_says_so():
+    bundle = dsf_core.models.load_builtin("digits-cnn")
+    result = compress_model(bundle, "magnitude", 0.3, calibration=0, evaluate=False,
+                            callback=lambda done, total, report: done < 2)
+    assert result.stopped and len(result.layers) == 2
+    assert not compress_model(bundle, "magnitude", 0.3, calibration=0, evaluate=False).stopped

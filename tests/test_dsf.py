@@ -185,3 +185,40 @@ def test_split_trials_take_the_split_whose_short_run_is_better():
         short = factorize(W, "dsf", density=0.5, gram=G, n_rounds=4, tol=0.0, split=share)
         assert error == pytest.approx(short.error(W, G), rel=1e-4)
     assert "split_trials" not in factorize(W, "dsf", density=0.5, gram=G, n_rounds=4, split=0.3, split_trials=4).info
+
+
+def test_heartbeat_reports_inside_the_first_round_and_stops_at_once():
+    W = torch.randn(96, 80, generator=torch.Generator().manual_seed(3))
+    beats, steps = [], []
+
+    def heartbeat(step, fraction):
+        beats.append((step, fraction))
+        return step < 1  # stop at the first report from inside the second round
+
+    result = factorize(W, "dsf", density=0.4, n_rounds=10, admm_steps=3, heartbeat=heartbeat,
+                       callback=lambda step, objective: steps.append(step))
+    first_round = [fraction for step, fraction in beats if step == 0]
+    assert len(first_round) >= 8 and first_round == sorted(first_round)  # several reports per ADMM solve
+    assert first_round[0] == 0.0 and first_round[-1] == 1.0
+    assert beats[-1][0] == 1 and [step for step, _ in beats].count(1) == 1  # nothing ran after the stop
+    assert steps == [0] and result.info["rounds"] == 1
+    assert result.info["stopped_early"] and not result.info["refitted"]
+    assert result.n_params <= result.info["budget"]
+
+
+def test_a_stop_inside_the_first_round_or_the_refit_keeps_valid_factors():
+    W = torch.randn(64, 48, generator=torch.Generator().manual_seed(4))
+    at_once = factorize(W, "dsf", density=0.5, heartbeat=lambda step, fraction: False)
+    assert at_once.info["rounds"] == 0 and at_once.history == []
+    assert at_once.n_params <= at_once.info["budget"] and torch.isfinite(at_once.to_matrix()).all()
+
+    in_refit = factorize(W, "dsf", density=0.5, n_rounds=3, tol=0.0, refit_steps=20,
+                         heartbeat=lambda step, fraction: step < 3)
+    full = factorize(W, "dsf", density=0.5, n_rounds=3, tol=0.0, refit_steps=0)
+    assert in_refit.info["rounds"] == 3 and not in_refit.info["refitted"]
+    torch.testing.assert_close(in_refit.to_matrix(), full.to_matrix())
+
+
+def test_heartbeat_must_be_callable():
+    with pytest.raises(TypeError, match="heartbeat"):
+        factorize(torch.ones(4, 4), "dsf", density=0.5, heartbeat=3)

@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from dsf_app.tradeoffs import Run, RunFailed, Settings
 from dsf_core import METHODS
 from dsf_core.checkpoint import load_compressed, read_manifest
 from dsf_core.cli import _options, _parser
-from dsf_core.compress import LayerReport, compress_model
+from dsf_core.compress import LayerReport, compress_model, parse_layer_densities
+from dsf_core.layers import list_layers
 from dsf_core.models import load_builtin
 from dsf_core.stats import stored_values
 
@@ -57,11 +59,11 @@ def test_per_layer_progress_and_stop(bundle, tmp_path):
 def test_a_budget_below_the_minimum_names_the_layer(bundle, tmp_path):
     with pytest.raises(RunFailed, match=r"svd at density 0.01, layer convs.0: below the method's minimum: "
                                         r"it needs 41 parameters \(rank 1\), the budget is 2"):
-        tradeoffs.compress(bundle, Settings("svd", 0.01, calibration=0), "digits-cnn", str(tmp_path))
+        tradeoffs.compress(bundle, Settings("svd", 0.01, calibration=0, keep_infeasible=False), "digits-cnn", str(tmp_path))
 
 
 def test_sweep_goes_on_after_a_failed_run_and_stops_on_request(bundle, tmp_path):
-    grid = tradeoffs.grid(Settings("svd", 0.3, ("head",), calibration=0), ["svd", "magnitude"], [0.3, 0.01])
+    grid = tradeoffs.grid(Settings("svd", 0.3, ("head",), calibration=0, keep_infeasible=False), ["svd", "magnitude"], [0.3, 0.01])
     assert [(s.method, s.density) for s in grid] == [
         ("svd", 0.01), ("svd", 0.3), ("magnitude", 0.01), ("magnitude", 0.3)
     ]
@@ -98,16 +100,20 @@ def test_keep_numbers_runs_and_deletes_the_files_of_dropped_ones(tmp_path):
     Settings("dsf", 0.25, (), calibration=0, sequential=False, quick=True),
     Settings("palm4msa", 0.125, ("convs.*",), calibration=128, sequential=True, quick=False),
     Settings("dsf", 0.5, ("head",), calibration=32, output_weighting=True),
+    Settings("svd", 0.1, (), calibration=0, layer_densities=(("fc", 0.5), ("convs.0", 1.0)), keep_infeasible=False),
 ])
 def test_cli_command_is_valid_for_the_cli_parser(settings):
     words = shlex.split(tradeoffs.cli_command(settings, "digits-cnn"))
-    assert words[:3] == ["python", "-m", "dsf_core"]
+    assert words[1:3] == ["-m", "dsf_core"]
+    assert Path(words[0]).resolve() == Path(sys.executable).resolve()  # the server's own (virtual environment's) Python
     args = _parser().parse_args(words[3:])
     assert (args.model, args.method, args.density) == ("digits-cnn", settings.method, settings.density)
     assert args.layers == settings.pattern and args.calibration == settings.calibration
     assert args.sequential is settings.sequential and args.output_weighting is settings.output_weighting
     assert args.out == "compressed.safetensors"
     assert _options(args) == (METHODS[settings.method].presets.get("quick", {}) if settings.quick else {})
+    assert parse_layer_densities(args.layer_density) == settings.densities
+    assert args.keep_infeasible is settings.keep_infeasible
 
 
 def test_model_specs_with_spaces_are_quoted():
@@ -155,3 +161,30 @@ def test_output_weighting_reaches_compress_model(bundle, tmp_path):
     run = tradeoffs.compress(bundle, settings, "digits-cnn", str(tmp_path))
     assert read_manifest(run.checkpoint)["settings"]["output_weighting"] is True
     assert tradeoffs.runs_table([run], "accuracy")["calibration"][0] == "32 samples, independent, row weights"
+
+
+def test_per_layer_densities_from_the_rule_and_the_lines(bundle):
+    layers = list_layers(bundle.model)  # convs.0 has 288 weights, head 1280
+    assert tradeoffs.layer_densities(layers, 0, "") == ()
+    assert tradeoffs.layer_densities(layers, 1000, "fc=0.5\n\n convs.* = 0.2") == (
+        ("fc", 0.5), ("convs.*", 0.2), ("convs.0", 1.0)
+    )
+    with pytest.raises(ValueError, match="'fc=2'"):
+        tradeoffs.layer_densities(layers, 0, "fc=2")
+
+
+def test_layers_below_their_budget_are_kept_dense_and_the_run_measures_latency(bundle, tmp_path):
+    run = tradeoffs.compress(bundle, Settings("svd", 0.1, calibration=0, layer_densities=(("fc", 1.0),)),
+                             "digits-cnn", str(tmp_path))
+    assert list(run.kept_dense) == ["convs.0", "fc", "head"] and "needs" in run.kept_dense["head"]
+    assert [layer.name for layer in run.layers] == ["convs.1", "convs.2"] and not run.stopped
+    assert run.latency_ms > 0 and tradeoffs.dense_reference(bundle, 0.0).latency_ms > 0
+    assert tradeoffs.runs_table([run], "accuracy")["layers"][0] == "all; 3 kept dense"
+
+
+def test_a_stopped_run_is_labelled_partial_everywhere():
+    run = fake_run(stopped=True)
+    run.number = 4
+    assert run.name.endswith("(partial)")
+    assert tradeoffs.runs_table([run], "accuracy")["layers"][0] == "partial: 2 of 3 (all)"
+    assert tradeoffs.download_name(run, "digits-cnn").endswith("-partial.safetensors")

@@ -24,12 +24,20 @@ class Fit:
 
 class Progress:
     """Records the objective per step and forwards it to the user's ``callback(step, objective)``;
-    the callback may return ``False`` to ask the solver to stop."""
+    the callback may return ``False`` to ask the solver to stop. Solvers whose steps are long also
+    report inside a step through :meth:`beat`, to the user's ``heartbeat(step, fraction)``."""
 
-    def __init__(self, callback=None):
+    def __init__(self, callback=None, heartbeat=None):
         self.callback = callback
+        self.heartbeat = heartbeat
         self.history: list[float] = []
         self.stopped = False
+
+    def beat(self, step: int, fraction: float) -> bool:
+        """Report that ``fraction`` (0..1) of step ``step`` is done; return True if the solver should go on."""
+        if self.heartbeat is not None and self.heartbeat(step, fraction) is False:
+            self.stopped = True
+        return not self.stopped
 
     def __call__(self, step: int, objective: float) -> bool:
         """Report one step; return True if the solver should go on."""

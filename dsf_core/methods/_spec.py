@@ -195,10 +195,12 @@ class MethodSpec:
         except BudgetError as exc:
             return Plan(False, options, exc.needed, reason=str(exc))
 
-    def progress_fraction(self, shape: tuple[int, int], options: Mapping[str, Any], step: int) -> float:
-        """How far a run is after progress ``step`` (at most 1)."""
+    def progress_fraction(self, shape: tuple[int, int], options: Mapping[str, Any], step: int,
+                          within: float = 1.0) -> float:
+        """How far a run is after progress ``step`` or, from a heartbeat, when the fraction ``within``
+        of that step is done (at most 1)."""
         total = max(self.steps(shape, dict(options)), 1)
-        return min((step - self.first_step + 1) / total, 1.0)
+        return min((step - self.first_step + within) / total, 1.0)
 
 
 def pattern_option() -> Option:

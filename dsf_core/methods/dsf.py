@@ -58,14 +58,14 @@ def fit(
     with float32_matmul_precision(matmul_precision):
         trials = {}
         if split is None and pattern == "unstructured" and split_trials > 0:
-            split, trials = _split_by_trials(W, budget, gram, inner_dim, admm_steps, refit_steps, split_trials)
+            split, trials = _split_by_trials(W, budget, gram, inner_dim, admm_steps, refit_steps, split_trials, progress)
         fit = _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps, tol, refit_steps, pattern)
         if trials:
             fit.info["split_trials"] = trials
         return fit
 
 
-def _split_by_trials(W, budget, gram, inner_dim, admm_steps, refit_steps, rounds):
+def _split_by_trials(W, budget, gram, inner_dim, admm_steps, refit_steps, rounds, progress):
     """Of the default rule's split and the reference's, the one whose short run (``rounds`` rounds
     of the whole warm-start schedule, then the refit) has the lower error on the full objective;
     and ``{split: error}`` of both."""
@@ -76,7 +76,7 @@ def _split_by_trials(W, budget, gram, inner_dim, admm_steps, refit_steps, rounds
         return candidates.pop(), {}
     errors = {}
     for share in sorted(candidates):
-        trial = _alternate(W, budget, gram, Progress(), inner_dim, share, rounds, admm_steps, 0.0, refit_steps, "unstructured")
+        trial = _alternate(W, budget, gram, Progress(heartbeat=progress.heartbeat), inner_dim, share, rounds, admm_steps, 0.0, refit_steps, "unstructured")
         approx = trial.factors[0] @ trial.factors[1]
         errors[share] = relative_error(W, approx) if gram is None else weighted_relative_error(W, approx, gram)
     return min(errors, key=errors.get), errors
@@ -104,6 +104,7 @@ def _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps
     wide = target if m < n else target.T
     wide_norm = torch.linalg.norm(wide)
     # A's and B's input dimensions are the columns of small and large, or their rows when transposed.
+    progress.beat(0, 0.0)  # started: the first report comes before any long work
     small, large = _initial_factors(wide, r, nnz_small, nnz_large, group, 1 if m < n else 0)
 
     best = math.inf  # the lowest objective so far; its factors are the ones returned
@@ -114,9 +115,12 @@ def _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps
         rho0 = min(1.0, t / max(n_rounds - 3, 1)) ** 3
         try:
             # small^T solves wide^T ~ large^T small^T; then large solves wide ~ small large.
-            new_small = _transposed(_admm_solve(large.z.T, wide.T, _transposed(small), rho0, admm_steps))
-            new_large = _admm_solve(new_small.z, wide, large, rho0, admm_steps)
+            beat = _round_beats(progress, t, admm_steps)
+            new_small = _transposed(_admm_solve(large.z.T, wide.T, _transposed(small), rho0, admm_steps, beat(0)))
+            new_large = _admm_solve(new_small.z, wide, large, rho0, admm_steps, beat(1))
             objective = float(torch.linalg.norm(wide - new_small.z @ new_large.z) / wide_norm)
+        except _Stopped:  # asked to stop inside the round: its half-done factors are dropped
+            break
         except torch.linalg.LinAlgError:
             objective = math.nan
         if not math.isfinite(objective):
@@ -143,9 +147,31 @@ def _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps
     b = b / scale  # undo the importance scaling on the right factor
     refitted = refit_steps > 0 and not progress.stopped
     if refitted:
-        a = _refit_left(W, a, b, gram, refit_steps)
+        try:
+            a = _refit_left(W, a, b, gram, refit_steps, lambda step: progress.beat(rounds_run, step / refit_steps))
+        except _Stopped:  # asked to stop inside the refit: A as the rounds left it
+            refitted = False
     info.update(rounds=rounds_run, refitted=refitted)
     return Fit(factors=[a, b], sparse=[True, True], info=info, chosen=chosen)
+
+
+class _Stopped(Exception):
+    """The heartbeat asked to stop inside a round."""
+
+
+def _round_beats(progress, t: int, admm_steps: int):
+    """For sub-problem ``half`` (0 or 1) of round ``t``: the function its solver calls inside its
+    inverse (step -2), after it (-1) and after each ADMM step; it reports the round's fraction done
+    and raises :class:`_Stopped` when asked to stop."""
+
+    def for_half(half: int):
+        def beat(step: int) -> None:
+            if not progress.beat(t, (half + max(step + 2, 0) / (admm_steps + 1)) / 2):
+                raise _Stopped
+
+        return beat
+
+    return for_half
 
 
 @contextmanager
@@ -254,25 +280,30 @@ def _support(values: torch.Tensor, state: _Sparse) -> torch.Tensor:
     return nm_mask(scores, *state.group) if state.axis == 1 else nm_mask(scores.T, *state.group).T
 
 
-def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int) -> _Sparse:
+def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int, beat=lambda step: None) -> _Sparse:
     """ADMM for ``min ||target - fixed @ X||^2`` s.t. ``nnz(X) <= state.nnz``, warm-started.
 
     Columns of ``fixed`` are normalised (X's rows scaled to match) and a small ridge keeps the Gram
     well conditioned. The first solve uses the warm-start penalty ``rho0``; the support is re-chosen
-    only in the first ``_MASK_STEPS`` steps, then frozen.
+    only in the first ``_MASK_STEPS`` steps, then frozen. ``beat(step)`` is called after the
+    inverse (``step = -1``), after each step, and inside the inverse (``step = -2``).
     """
+    beat(-2)
     gram, norms = _unit_diagonal(fixed.T @ fixed)
     gram.diagonal().add_(_RIDGE * max(float(gram.diagonal().mean()), 1e-3))
     scale = norms[:, None]
+    beat(-2)
     rhs = (fixed.T @ target).div_(scale)
+    beat(-2)
     z = state.z * scale
     u = state.u * scale
 
     # (G + rho I)^-1 for the ADMM penalty rho = 1 and the warm-start penalty rho0, in one batch.
     shifts = torch.tensor([1.0, rho0], dtype=gram.dtype, device=gram.device)
     shifted = gram + shifts[:, None, None] * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    inverses = spd_inverse(shifted if rho0 != 1.0 else shifted[:1])
+    inverses = spd_inverse(shifted if rho0 != 1.0 else shifted[:1], tick=lambda: beat(-2))
     inverse, inverse0 = inverses[0], inverses[-1]
+    beat(-1)
     x = inverse0 @ torch.add(rhs, z.sub_(u), alpha=rho0)  # rhs + rho0 (z - u)
 
     # Fused, in-place updates, three passes over X per step: below ~512 a side, elementwise passes
@@ -285,13 +316,15 @@ def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int) -> _Spar
         u = v * off_support  # new dual: u + x - z, zero on the support
         if step < steps - 1:
             x = inverse @ torch.addcmul(rhs, v, sign)  # rhs + z - u = rhs + v - 2 u
+        beat(step)
     z = v.sub_(u)
     return replace(state, z=z.div_(scale), u=u.div_(scale))
 
 
-def _refit_left(W, a, b, gram, steps: int):
+def _refit_left(W, a, b, gram, steps: int, go_on=lambda step: True):
     """Refit ``A``'s values on its support against ``tr((W - A B) G (W - A B)^T)`` (``G = I`` when
-    data-free), ``B`` fixed: ADMM on the frozen support."""
+    data-free), ``B`` fixed: ADMM on the frozen support. ``go_on(step)`` is asked after each step;
+    :class:`_Stopped` is raised when it says no."""
     bg = b if gram is None else b @ gram
     gram_b, norms = _unit_diagonal(bg @ b.T)  # B G B^T
     rhs = (bg @ W.T) / norms[:, None]  # B G W^T
@@ -305,23 +338,30 @@ def _refit_left(W, a, b, gram, steps: int):
         u = v - z
         if step < steps - 1:  # the last solve's x would be thrown away
             x = inverse @ (rhs + z - u)
+        if not go_on(step):
+            raise _Stopped
     return (z / norms[:, None]).T
 
 
-def spd_inverse(matrix: torch.Tensor, leaf: int = 96) -> torch.Tensor:
+def spd_inverse(matrix: torch.Tensor, leaf: int = 96, tick=lambda: None) -> torch.Tensor:
     """Inverse of a (batch of) symmetric positive definite matrix by 2 x 2 block elimination:
     ``[[A, B], [B^T, C]]^-1`` from ``A^-1`` and the Schur complement ``S = C - B^T A^-1 B`` (both
     SPD), down to Cholesky at ``leaf`` size. Nearly all work is matrix products: about twice as
-    fast as a Cholesky inverse of the whole matrix (2 CPU threads, 256 to 1024 a side)."""
+    fast as a Cholesky inverse of the whole matrix (2 CPU threads, 256 to 1024 a side). ``tick()``
+    is called after each block's inverse (a long inversion can be interrupted from it)."""
     n = matrix.shape[-1]
     if n <= leaf:
         return torch.cholesky_inverse(torch.linalg.cholesky(matrix))
     h = n // 2
-    a_inv = spd_inverse(matrix[..., :h, :h], leaf)
+    a_inv = spd_inverse(matrix[..., :h, :h], leaf, tick)
+    tick()
     b = matrix[..., :h, h:]
     a_inv_b = a_inv @ b
-    s_inv = spd_inverse(matrix[..., h:, h:] - b.mT @ a_inv_b, leaf)
+    tick()
+    s_inv = spd_inverse(matrix[..., h:, h:] - b.mT @ a_inv_b, leaf, tick)
+    tick()
     upper_right = -a_inv_b @ s_inv
+    tick()
     upper_left = a_inv - upper_right @ a_inv_b.mT
     return torch.cat([torch.cat([upper_left, upper_right], -1), torch.cat([upper_right.mT, s_inv], -1)], -2)
 
