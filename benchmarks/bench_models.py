@@ -51,8 +51,13 @@ def bench_model(name, only_methods=None, only_densities=None):
     rows, results = [], {}
     for density in densities:
         for method in methods:
-            result = compress_model(bundle, method, density, layers=layers, evaluate=False,
-                                    **method_options.get(method, {}))
+            try:
+                result = compress_model(bundle, method, density, layers=layers, evaluate=False,
+                                        **method_options.get(method, {}))
+            except ValueError as exc:  # e.g. a layer's budget below the method's minimum: say so, go on
+                rows.append([density, method, f"failed: {exc}"] + [""] * 10)
+                print("failed:", rows[-1], flush=True)
+                continue
             scores = bundle.evaluate(result.model)
             with tempfile.TemporaryDirectory() as folder:
                 file_bytes = save_compressed(os.path.join(folder, "m.safetensors"), result, name)
