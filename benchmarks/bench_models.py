@@ -32,7 +32,7 @@ PLAN = {
     "minilm": ((0.5,), ["dsf", "magnitude", "wanda", "svd"], None, {}),
     "efficientnet-lite0": (
         (0.5, 0.3),
-        ["dsf", "magnitude", "wanda", "svd", "tt", "palm4msa", "hierarchical"],
+        ["dsf", "magnitude", "wanda", "sparsegpt", "svd", "tt", "palm4msa", "hierarchical"],
         None,
         {"palm4msa": {"n_iter": 60}, "hierarchical": {"n_iter": 30}},  # their quick presets: 33 layers
     ),
