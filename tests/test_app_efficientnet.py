@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _apptest import click_and_wait, problems
 from streamlit.testing.v1 import AppTest
 
-from _apptest import problems
 from dsf_app import session
 from dsf_core import METHODS, damp_gram, factorize
 from dsf_core.compress import compress_model
@@ -50,7 +50,7 @@ def pointwise(bundle):
     return kernel, weight_matrix(bundle.model.get_submodule(POINTWISE)), gram
 
 
-def open_page(app: AppTest, page: str) -> AppTest:
+def visit(app: AppTest, page: str) -> AppTest:
     app.switch_page(page).run()
     assert not problems(app)
     assert "efficientnet-lite0" in app.sidebar.caption[0].value
@@ -63,13 +63,9 @@ def pick_layer(at: AppTest, name: str) -> AppTest:
     return at
 
 
-def wait(at: AppTest, button: str, job_key: str):
-    at.button(key=button).click().run()
-    job = at.session_state[job_key]
-    assert job.wait(120), "the job did not finish"
-    at.run()
+def run_job(at: AppTest, button: str, job_key: str) -> None:
+    click_and_wait(at, button, job_key)
     assert not problems(at)
-    return job
 
 
 def metrics(at: AppTest) -> dict:
@@ -77,7 +73,7 @@ def metrics(at: AppTest) -> dict:
 
 
 def test_the_inspector_lists_only_what_can_be_factorized_and_says_why_not(app, bundle):
-    at = open_page(app, "pages/1_Layer_inspector.py")
+    at = visit(app, "pages/1_Layer_inspector.py")
     options = at.selectbox(key="_layer_picker").options
     assert [o.split()[0] for o in options] == [layer.name for layer in list_layers(bundle.model)]
     assert not any("depthwise" in o for o in options)
@@ -90,7 +86,7 @@ def test_the_inspector_lists_only_what_can_be_factorized_and_says_why_not(app, b
 
 def test_inspector_numbers_of_a_pointwise_layer(app, pointwise):
     _, W, _ = pointwise
-    at = pick_layer(open_page(app, "pages/1_Layer_inspector.py"), POINTWISE)
+    at = pick_layer(visit(app, "pages/1_Layer_inspector.py"), POINTWISE)
     s = np.linalg.svd(W.double().numpy(), compute_uv=False)
     p = s / s.sum()
     shown = metrics(at)
@@ -103,10 +99,10 @@ def test_inspector_numbers_of_a_pointwise_layer(app, pointwise):
 
 def test_factorize_a_pointwise_layer_and_the_classifier(app, bundle, pointwise):
     kernel, W, gram = pointwise
-    at = pick_layer(open_page(app, "pages/2_Factorize.py"), POINTWISE)
+    at = pick_layer(visit(app, "pages/2_Factorize.py"), POINTWISE)
     at.selectbox(key="fact_method").set_value("dsf").run()
     at.radio(key="fact_aware").set_value("Activation-aware").run()
-    wait(at, "fact_run", "fact_job")
+    run_job(at, "fact_run", "fact_job")
     quick = METHODS["dsf"].presets["quick"]
     expected = factorize(kernel, "dsf", density=DENSITY, gram=damp_gram(gram, 0.01), **quick)
     shown = metrics(at)
@@ -117,7 +113,7 @@ def test_factorize_a_pointwise_layer_and_the_classifier(app, bundle, pointwise):
     pick_layer(at, CLASSIFIER)
     at.radio(key="fact_aware").set_value("Data-free").run()
     at.selectbox(key="fact_method").set_value("svd").run()
-    wait(at, "fact_run", "fact_job")
+    run_job(at, "fact_run", "fact_job")
     fc = bundle.model.get_submodule(CLASSIFIER).weight.detach().double()
     rank = int(DENSITY * 1000 * 1280) // (1000 + 1280)
     S = torch.linalg.svdvals(fc)
@@ -127,9 +123,9 @@ def test_factorize_a_pointwise_layer_and_the_classifier(app, bundle, pointwise):
 
 def test_compare_every_method_on_a_pointwise_layer(app, pointwise):
     kernel, W, gram = pointwise
-    at = pick_layer(open_page(app, "pages/3_Compare.py"), POINTWISE)
+    at = pick_layer(visit(app, "pages/3_Compare.py"), POINTWISE)
     at.radio(key="cmp_mode").set_value("Activation-aware").run()
-    wait(at, "cmp_run", "cmp_job")
+    run_job(at, "cmp_run", "cmp_job")
     table = at.dataframe[0].value.set_index("method")
     assert list(table.index) == list(METHODS)
     for method, spec in METHODS.items():
@@ -143,13 +139,13 @@ def test_compare_every_method_on_a_pointwise_layer(app, pointwise):
 
 
 def test_tradeoffs_compresses_two_layers_as_compress_model_does(app, bundle):
-    at = open_page(app, "pages/4_Trade-offs.py")
+    at = visit(app, "pages/4_Trade-offs.py")
     layers = [POINTWISE, "_blocks.3._project_conv"]
     assert DEPTHWISE not in at.multiselect(key="trade_layers").options
     at.multiselect(key="trade_layers").set_value(layers).run()
     at.selectbox(key="trade_method").set_value("svd").run()
     at.number_input(key="trade_calibration").set_value(16).run()
-    wait(at, "trade_run", "trade_job")
+    run_job(at, "trade_run", "trade_job")
     (row,) = at.dataframe[0].value.to_dict("records")
     again = compress_model(bundle, "svd", DENSITY, layers=",".join(layers), calibration=16, sequential=False,
                            evaluate=False)
