@@ -7,7 +7,7 @@ import streamlit as st
 
 from dsf_app import session, state
 from dsf_app.messages import or_stop, plain_message
-from dsf_core.layers import list_layers, skipped_layers
+from dsf_core.layers import list_layers
 from dsf_core.models import BUILTIN_MODELS
 
 session.setup_page("Home")
@@ -164,25 +164,7 @@ st.dataframe(
     hide_index=True,
     width="stretch",
 )
-skipped = skipped_layers(bundle.model)
-if skipped:
-    with st.expander(
-        f"{len(skipped)} convolutions are not factorizable ({sum(layer.n_params for layer in skipped):,} parameters): "
-        "the pages leave them as they are"
-    ):
-        st.dataframe(
-            pd.DataFrame(
-                {
-                    "layer": [layer.name for layer in skipped],
-                    "type": [layer.type for layer in skipped],
-                    "weight shape": ["x".join(map(str, layer.weight_shape)) for layer in skipped],
-                    "parameters": [layer.n_params for layer in skipped],
-                    "why not": [layer.reason for layer in skipped],
-                }
-            ),
-            hide_index=True,
-            width="stretch",
-        )
+session.show_skipped_layers(bundle)
 other = {k: v for k, v in metrics.items() if k != bundle.metric_name}
 if other:
     st.caption("Other measures of the dense model: " + ", ".join(f"{k} = {v:.4g}" for k, v in other.items()))

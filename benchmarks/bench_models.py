@@ -32,7 +32,7 @@ PLAN = {
     "minilm": ((0.5,), ["dsf", "magnitude", "wanda", "svd"], None, {}),
     "efficientnet-lite0": (
         (0.5, 0.3),
-        ["dsf", "magnitude", "wanda", "svd", "tt", "palm4msa", "hierarchical"],
+        ["dsf", "magnitude", "wanda", "sparsegpt", "svd", "tt", "palm4msa", "hierarchical"],
         None,
         {"palm4msa": {"n_iter": 60}, "hierarchical": {"n_iter": 30}},  # their quick presets: 33 layers
     ),
@@ -51,8 +51,13 @@ def bench_model(name, only_methods=None, only_densities=None):
     rows, results = [], {}
     for density in densities:
         for method in methods:
-            result = compress_model(bundle, method, density, layers=layers, evaluate=False,
-                                    **method_options.get(method, {}))
+            try:
+                result = compress_model(bundle, method, density, layers=layers, evaluate=False,
+                                        **method_options.get(method, {}))
+            except ValueError as exc:  # e.g. a layer's budget below the method's minimum: say so, go on
+                rows.append([density, method, f"failed: {exc}"] + [""] * 10)
+                print("failed:", rows[-1], flush=True)
+                continue
             scores = bundle.evaluate(result.model)
             with tempfile.TemporaryDirectory() as folder:
                 file_bytes = save_compressed(os.path.join(folder, "m.safetensors"), result, name)

@@ -9,13 +9,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 import torch
 
 from dsf_core.calibration import collect_grams
 from dsf_core.examples import synthetic_matrix
-from dsf_core.layers import LayerInfo, list_layers, weight_matrix
+from dsf_core.layers import LayerInfo, list_layers, skipped_layers, weight_matrix
 from dsf_core.models import BUILTIN_MODELS, ModelBundle, load_builtin
 from dsf_core.models.loaders import load_checkpoint, load_hf, load_torchvision
 
@@ -240,6 +241,26 @@ def layers_or_stop(bundle: ModelBundle) -> list[LayerInfo]:
         st.error("This model has no factorizable layer (Linear, Conv2d without groups, or Conv1D).")
         st.stop()
     return found
+
+
+def show_skipped_layers(bundle: ModelBundle) -> None:
+    """An expander listing the model's weighted layers that cannot be factorized, each with the
+    reason (e.g. depthwise convolutions); nothing when there are none."""
+    skipped = skipped_layers(bundle.model)
+    if not skipped:
+        return
+    with st.expander(
+        f"{len(skipped)} convolutions are not factorizable ({sum(layer.n_params for layer in skipped):,} parameters): "
+        "the pages leave them as they are"
+    ):
+        table = {
+            "layer": [layer.name for layer in skipped],
+            "type": [layer.type for layer in skipped],
+            "weight shape": ["x".join(map(str, layer.weight_shape)) for layer in skipped],
+            "parameters": [layer.n_params for layer in skipped],
+            "why not": [layer.reason for layer in skipped],
+        }
+        st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
 
 
 def choose_layer(bundle: ModelBundle, where=st.sidebar) -> LayerInfo:

@@ -20,6 +20,7 @@ m, n = W.shape
 
 st.title("Layer inspector")
 st.caption(f"**{target.label}** · input Gram: {target.gram_source}")
+session.show_skipped_layers(bundle)
 
 
 def start_spectra(target: session.Target) -> jobs.Job:

@@ -1,5 +1,6 @@
 """End to end in a real browser: start the app, visit every page through its sidebar links (one
-session), run a factorization on the default model, and save a screenshot of each page.
+session), run a factorization on the default model and on a pointwise layer of efficientnet-lite0
+chosen on Home, and save a screenshot of each page.
 
 Needs Chromium (``apt-get install -y chromium``); ``.ci/run`` installs it and sets
 ``DSF_REQUIRE_BROWSER=1`` so that there it can only pass, never skip. Screenshots go to
@@ -117,3 +118,37 @@ def test_factorize_shows_the_result_and_the_sparsity_pattern(page, server, scree
     page.screenshot(path=str(screenshots / "factorize_result.png"))
     _scroll_to_heading(page, "Sparsity pattern of each factor")
     page.screenshot(path=str(screenshots / "factorize_factors.png"))
+
+
+def _choose(tab, label: str, option: str) -> None:
+    """Pick ``option`` (the start of its text) in the select box labelled ``label``."""
+    box = tab.get_by_test_id("stSelectbox").filter(has=tab.get_by_text(label, exact=True))
+    box.get_by_role("combobox").click()
+    tab.keyboard.type(option)  # long lists only draw the options in view: filter first
+    tab.get_by_role("option", name=option).first.click()
+    settle(tab)
+
+
+def test_efficientnet_chosen_on_home_and_a_pointwise_layer_factorized(page, server, screenshots):
+    page.goto(server)  # a new session, on Home
+    expect(page.get_by_role("heading", name="digits-cnn")).to_be_visible()
+    _choose(page, "Built-in model", "efficientnet-lite0")
+    expect(page.get_by_role("heading", name="efficientnet-lite0")).to_be_visible()
+    expect(page.get_by_text("top1 agreement")).to_be_visible()
+    page.get_by_text("17 convolutions are not factorizable").click()  # open the list of why not
+    expect(page.get_by_test_id("stExpander").get_by_test_id("stDataFrame")).to_be_visible()
+    expect(page.get_by_text("depthwise convolution (groups=144)").first).to_be_attached()  # the grid draws on a canvas
+    settle(page)
+    _assert_no_errors(page)
+    page.screenshot(path=str(screenshots / "home_efficientnet_lite0.png"), full_page=True)
+
+    open_page(page, "Factorize")
+    _choose(page, "Layer", "_blocks.15._project_conv")
+    page.get_by_role("button", name="Factorize").click()
+    expect(page.get_by_text("Steps run", exact=True)).to_be_visible()  # a result's metric: the job is over
+    expect(page.get_by_text("_blocks.15._project_conv (320 x 1152)").first).to_be_visible()
+    settle(page)
+    _assert_no_errors(page)
+    page.get_by_role("button", name="Factorize").evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(screenshots / "factorize_efficientnet_lite0.png"))
