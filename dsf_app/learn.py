@@ -17,6 +17,8 @@ from . import figures, method_settings, toys
 from .messages import USER_ERRORS, plain_message
 
 LOW_RANK_METHODS = ("svd", "dsf", "palm4msa", "tt", "magnitude")
+UNDER_BUDGET = 0.95  # a method storing less than this share of its budget is noted in the table
+CLOSE = 1.2  # a runner-up within this factor of the winner's error is "close"
 
 # For the page's tabs: (introduction, LaTeX formulas, remark) per method family.
 METHOD_NOTES = {
@@ -113,14 +115,47 @@ def run_method(matrix: torch.Tensor, method: str, density: float, device, keep_g
         )
     except (*USER_ERRORS, MemoryError) as exc:
         return {**row, "note": f"failed: {plain_message(exc)}"}
+    allowed = result.info["budget"]
+    notes = ["stopped early"] if result.info["stopped_early"] else []
+    if result.n_params < UNDER_BUDGET * allowed:
+        notes.append(f"stores {result.n_params / allowed:.0%} of its budget of {allowed:,}")
     return {
         **row,
         "relative error": result.error(matrix),
         "parameters": result.n_params,
         "density": result.density,
         "seconds": result.seconds,
-        "note": "stopped early" if result.info["stopped_early"] else "",
+        "note": "; ".join(notes),
     }
+
+
+def verdict(rows: list, built_for: tuple[str, ...] = ()) -> str:
+    """The sentence on who won, computed from the ``rows`` that ran: the winner, how far ahead of
+    the next method it is, and where the methods ``built_for`` the toy's structure came."""
+    ran = sorted((row for row in rows if not math.isnan(row["relative error"])), key=lambda row: row["relative error"])
+    if not ran:
+        return "No method could run at this budget."
+    best = ran[0]
+    sentence = f"Here **{best['method']}** comes out ahead, with relative error {best['relative error']:.3g}"
+    if len(ran) > 1:
+        second = ran[1]
+        ratio = second["relative error"] / max(best["relative error"], 1e-300)
+        if ratio < CLOSE:
+            sentence += f", close to **{second['method']}** ({second['relative error']:.3g})"
+        else:
+            times = f"{ratio:.3g} times" if ratio < 1e6 else "orders of magnitude"
+            sentence += f", {times} lower than the next, **{second['method']}** ({second['relative error']:.3g})"
+    sentence += "."
+    order = [row["method"] for row in ran]
+    for method in built_for:
+        if method in order and method != best["method"]:
+            place = order.index(method) + 1
+            sentence += f" **{method}**, which can express this structure, comes {_ordinal(place)} ({ran[place - 1]['relative error']:.3g})."
+    return sentence
+
+
+def _ordinal(place: int) -> str:
+    return {1: "first", 2: "second", 3: "third"}.get(place, f"{place}th")
 
 
 def compare(

@@ -43,6 +43,7 @@ class Toy:
     note: str
     natural_density: float | None
     factors: tuple = ()
+    built_for: tuple[str, ...] = ()  # the methods whose model can express this structure exactly
 
 
 def spec_for(kind: str, size: int, seed: int = 0, **params) -> ToySpec:
@@ -64,8 +65,11 @@ def make(spec: ToySpec) -> Toy:
             hadamard(n),
             f"H_{n} = H_2 ⊗ ... ⊗ H_2 ({levels} times), so H H^T = {n} I. It is the product of "
             f"{levels} butterfly factors with 2 nonzeros per row and column: {butterfly_params(n):,} "
-            f"numbers instead of {n * n:,}. Being a Kronecker product, it also has tensor-train rank 1.",
+            f"numbers instead of {n * n:,}. Being a Kronecker product, it also has tensor-train rank 1: "
+            "tensor-train stores it exactly in far fewer, and hierarchical PALM4MSA can find the butterflies "
+            "(section 4, at the budget its projection needs).",
             butterfly_params(n) / n**2,
+            built_for=("tt", "hierarchical"),
         )
     if spec.kind == "dft":
         return Toy(
@@ -85,6 +89,7 @@ def make(spec: ToySpec) -> Toy:
             f"U V^T of rank {rank} plus {spec.noise:g} x Gaussian noise: SVD at rank {rank} keeps "
             f"{rank} x ({n} + {n}) = {2 * n * rank:,} numbers and leaves only the noise.",
             2 * n * rank / n**2,
+            built_for=("svd",),
         )
     if spec.kind == "planted":
         a = sparse_factor(n, n, spec.density_a, generator)
@@ -94,9 +99,11 @@ def make(spec: ToySpec) -> Toy:
             spec,
             a @ b,
             f"A B with A at density {spec.density_a:g} and B at {spec.density_b:g} (random supports, "
-            f"Gaussian values): {stored:,} nonzeros reproduce the {n} x {n} product exactly.",
+            f"Gaussian values): {stored:,} nonzeros reproduce the {n} x {n} product exactly. DSF's model "
+            "W ~ A B can express it, but it must find the supports: it comes close, not exactly.",
             stored / n**2,
             (a, b),
+            built_for=("dsf",),
         )
     return Toy(
         spec,

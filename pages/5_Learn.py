@@ -25,8 +25,10 @@ st.markdown(
 )
 
 
-def show_comparison(result: learn.Comparison, prefix: str, title: str) -> None:
-    """The table and bar chart of a comparison, with what Stop left out and what could not run."""
+def show_comparison(result: learn.Comparison, prefix: str, title: str, built_for: tuple[str, ...] = ()) -> None:
+    """The table and bar chart of a comparison, with who won (computed from its rows), what Stop
+    left out and what could not run."""
+    st.markdown(learn.verdict(result.rows, built_for))
     st.dataframe(pd.DataFrame(result.rows), hide_index=True, width="stretch", key=f"{prefix}_table")
     st.plotly_chart(learn.error_bars(result.rows, title), key=f"{prefix}_bars", width="stretch")
     st.caption(
@@ -92,8 +94,9 @@ with right:
     if toy.natural_density is not None:
         on_grid = min(math.ceil(toy.natural_density * 100 - 1e-9) / 100, 1.0)
         st.markdown(
-            f"Its structure fits in density **{toy.natural_density:.4g}**. "
-            "Compare the methods there: the one built for this structure should come out far ahead."
+            f"Its structure fits in density **{toy.natural_density:.4g}**"
+            + (f", where {' and '.join(toy.built_for)} can express it. " if toy.built_for else ". ")
+            + "Compare the methods there (section 3 says who wins, from the run itself)."
         )
         st.button(
             f"Use density {on_grid:.2f} for the comparison",
@@ -123,7 +126,8 @@ compare_key = ("compare", toy.spec, density, device.type)
 if st.button("Run the comparison", key="learn_compare_run", type="primary"):
     work = job_results.reporting(learn.compare, toy.matrix, density, device=device)
     job_results.start(COMPARE_JOB, compare_key, work, f"Every method on the {toys.KINDS[kind].lower()}")
-show_job(COMPARE_JOB, compare_key, lambda result: show_comparison(result, "learn_compare", "Error per method"))
+show_job(COMPARE_JOB, compare_key,
+         lambda result: show_comparison(result, "learn_compare", "Error per method", toy.built_for))
 
 # --- 4. Hadamard ----------------------------------------------------------------------------------
 st.header("4. Hadamard: butterflies beat low rank")
@@ -164,7 +168,7 @@ def show_hadamard(demo: learn.HadamardDemo) -> None:
 show_job(HADAMARD_JOB, hadamard_key, show_hadamard)
 
 # --- 5. low rank ---------------------------------------------------------------------------------
-st.header("5. Low rank: SVD wins")
+st.header("5. Low rank")
 st.markdown(
     "A 128 x 128 matrix of rank `r` plus a little noise, at exactly the budget of rank-`r` SVD, "
     "`r (128 + 128)` numbers. SVD keeps the whole signal and leaves only the noise; sparse methods "
@@ -177,4 +181,4 @@ low_rank_key = ("low_rank", lr_rank, lr_noise, device.type)
 if st.button("Run the low-rank demo", key="learn_lr_run", type="primary"):
     work = job_results.reporting(learn.low_rank_demo, 128, lr_rank, lr_noise, device=device)
     job_results.start(LOW_RANK_JOB, low_rank_key, work, "Low-rank demo")
-show_job(LOW_RANK_JOB, low_rank_key, lambda result: show_comparison(result, "learn_lr", "Error per method"))
+show_job(LOW_RANK_JOB, low_rank_key, lambda result: show_comparison(result, "learn_lr", "Error per method", ("svd",)))

@@ -92,6 +92,7 @@ def test_comparison_table_matches_factorize_with_the_quick_options():
         assert row["relative error"] == pytest.approx(result.error(W), rel=1e-6, abs=1e-12), row["method"]
         assert row["parameters"] == result.n_params
     assert len(at.get("plotly_chart")) == 2  # the toy's heatmap and the error bars
+    assert learn.verdict(rows, ("svd",)) in [md.value for md in at.markdown]  # who won, from this run
     at.sidebar.slider(key="_density_slider").set_value(0.31).run()
     assert not at.dataframe  # another budget: the old table is not shown as if it were this one's
     at.sidebar.slider(key="_density_slider").set_value(0.3).run()
@@ -146,7 +147,7 @@ def test_stop_shows_the_methods_done_so_far(monkeypatch):
     assert not problems(at)
     rows = _rows(at)
     assert [row["method"] for row in rows] == list(METHODS)[:2]
-    assert rows[1]["note"] == "stopped early"
+    assert rows[1]["note"].startswith("stopped early")
     stopped = f"Stopped after 2 of {len(METHODS)} methods: the table shows what was done."
     assert [info.value for info in at.info] == [stopped]
     job = click_and_wait(at, "learn_had_run", "learn_had_job")  # the page still works
@@ -170,4 +171,4 @@ def test_a_density_too_low_for_some_methods_says_not_possible():
     at.sidebar.slider(key="_density_slider").set_value(0.5).run()
     click_and_wait(at, "learn_compare_run", "learn_compare_job")
     assert not at.warning and not problems(at)
-    assert all(row["note"] == "" for row in _rows(at))
+    assert not any(row["note"].startswith(("not possible", "failed", "stopped")) for row in _rows(at))
