@@ -381,19 +381,29 @@ def _replay(source, store, index, names, calib, dense_eval, evals, inputs, seque
 def _perplexity(source, stream: Stream, tokens: list[torch.Tensor], ranks) -> float:
     """exp of the mean next-token cross-entropy of the model's head on the stream's last hidden
     states, over every process's batches."""
-    model = source.model
+    head = head_forward(source, stream)
     totals = torch.zeros(2, dtype=torch.float64, device=ranks.device)
-    for hidden, ids in zip(stream.hidden, tokens):
-        for name in source.family.head:
-            module = _optional_submodule(model, name)
-            if module is not None:
-                hidden = module(hidden)
-        logits = hidden[:, :-1].float()
+    for j, ids in enumerate(tokens):
+        logits = head(source.model, j)[:, :-1].float()
         target = ids[:, 1:].to(logits.device)
         totals[0] += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum").double()
         totals[1] += target.numel()
     ranks.sum_(totals)
     return math.exp(float(totals[0] / totals[1]))
+
+
+def head_forward(source: ModelSource, stream: Stream):
+    """``forward(model, j)``: the model's head modules, in order, on the stream's hidden states of batch j."""
+
+    def run(model, j):
+        hidden = stream.hidden[j]
+        for name in source.family.head:
+            module = _optional_submodule(model, name)
+            if module is not None:
+                hidden = module(hidden)
+        return hidden
+
+    return run
 
 
 def _optional_submodule(model, name):
