@@ -318,14 +318,17 @@ def _compress_block(block, index, names, calib, ranks, method, density, options,
         grams = _grams(block, forward, batches, group, called_once, damp, ranks) if use_grams else dict.fromkeys(group)
         matrices = {name: weight_matrix(block.get_submodule(name)).float() for name in group}
         owners = ranks.owners([float(m.numel()) for m in matrices.values()])
+        mine = {}  # this process's layers, all factorized before any is broadcast (a broadcast waits for its owner)
         for name, owner in zip(group, owners):
-            module = block.get_submodule(name)
-            matrix, gram = matrices[name], grams[name]
-            result = stats = None
             if owner == ranks.rank:
+                matrix, gram = matrices[name], grams[name]
                 result = factorize(matrix, method, density=density, gram=gram, **options)
-                stats = [result.error(matrix), math.nan if gram is None else result.error(matrix, gram), result.seconds]
-            result, stats = ranks.share(result, stats, owner, method=method, options=options, weight_shape=matrix.shape)
+                mine[name] = (result, [result.error(matrix), math.nan if gram is None else result.error(matrix, gram),
+                                       result.seconds])
+        for name, owner in zip(group, owners):
+            module, matrix = block.get_submodule(name), matrices[name]
+            result, stats = ranks.share(*mine.get(name, (None, None)), owner, method=method, options=options,
+                                        weight_shape=matrix.shape)
             new = result.to_module(module.bias)
             set_module(block, name, new)
             modules[prefix + name] = new
