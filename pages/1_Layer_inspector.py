@@ -12,8 +12,7 @@ from dsf_core.plan import budget, budget_plan
 SPECTRA_JOB = "insp_spectra_job"
 
 session.setup_page("Layer inspector")
-bundle = session.current_bundle()
-target = session.choose_target(bundle)
+target = session.choose_target(session.current_model())  # a big checkpoint: this layer alone
 density = session.choose_density()
 W = target.matrix
 m, n = W.shape

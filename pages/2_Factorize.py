@@ -17,8 +17,7 @@ QUICK_WAIT_SECONDS = 2.0  # a run this short shows its result at once (the 2 s t
 
 session.setup_page("Factorize")
 st.title("Factorize")
-bundle = session.current_bundle()
-target = session.choose_target(bundle)
+target = session.choose_target(session.current_model())  # a big checkpoint: this layer alone
 density = session.choose_density()
 session.warn_if_no_cuda()
 device = session.device()
