@@ -8,6 +8,7 @@ import streamlit as st
 from dsf_app import session, state
 from dsf_app.messages import or_stop, plain_message
 from dsf_core.layers import list_layers
+from dsf_core.limits import human_bytes
 from dsf_core.models import BUILTIN_MODELS
 
 session.setup_page("Home")
@@ -35,7 +36,7 @@ def load(make_choice) -> None:
     st.session_state.home_load_error = None
     try:
         choice = make_choice()
-        session.cached_bundle(choice)
+        session.cached_model(choice)  # a big Hugging Face checkpoint: its headers only
     except Exception as exc:  # a failure to load is the user's file, path or form: say so, keep going
         st.session_state.home_load_error = (st.session_state.home_source, plain_message(exc))
         return
@@ -133,9 +134,44 @@ with right:
     )
     session.warn_if_no_cuda()
 
-bundle = session.current_bundle()
+
+def lazy_summary(lazy) -> None:
+    """A Hugging Face checkpoint opened lazily: its layers from the headers; the dense model's
+    evaluation only when asked for (it loads the whole model)."""
+    st.caption(f"{lazy.source.config.model_type} checkpoint in `{lazy.directory}`, opened lazily: "
+               f"{human_bytes(lazy.stored_bytes())} of weights on disk, none read yet.")
+    cols = st.columns(3)
+    cols[0].metric("Parameters", f"{lazy.n_params:,}")
+    cols[1].metric("Factorizable layers", len(lazy.layers))
+    cols[2].metric("In those layers", f"{sum(layer.n_params for layer in lazy.layers) / max(lazy.n_params, 1):.0%}")
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "layer": [layer.name for layer in lazy.layers],
+                "type": [layer.type for layer in lazy.layers],
+                "matrix (out x in)": [f"{layer.shape[0]} x {layer.shape[1]}" for layer in lazy.layers],
+                "weight shape": ["x".join(map(str, layer.weight_shape)) for layer in lazy.layers],
+                "dtype": [lazy.dtype(layer.name) for layer in lazy.layers],
+                "parameters": [layer.n_params for layer in lazy.layers],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    st.caption("The Layer inspector and Factorize pages read the chosen layer's weight alone.")
+    if session.whole_model_allowed("Evaluating the dense model loads the whole model"):
+        bundle = session.current_bundle()
+        metrics = or_stop("evaluate the model", session.dense_metrics, session.current_choice())
+        st.metric(bundle.metric_name.replace("_", " "), f"{metrics[bundle.metric_name]:.4g}")
+
+
+model = session.current_model()
 choice = session.current_choice()
 st.subheader(choice.label)
+if session.is_lazy(choice):
+    lazy_summary(model)
+    st.stop()
+bundle = model
 st.caption(f"{bundle.description or bundle.task} · weights from `{bundle.source}`")
 layers = list_layers(bundle.model)
 metrics = or_stop("evaluate the model", session.dense_metrics, choice)

@@ -17,8 +17,10 @@ import torch
 from dsf_core.calibration import collect_grams
 from dsf_core.examples import synthetic_matrix
 from dsf_core.layers import LayerInfo, list_layers, skipped_layers, weight_matrix
+from dsf_core.limits import human_bytes, limit
 from dsf_core.models import BUILTIN_MODELS, ModelBundle, load_builtin
 from dsf_core.models.loaders import load_checkpoint, load_hf, load_torchvision
+from dsf_core.streaming.lazy import LazyModel, opens_lazily
 
 from . import state
 from .messages import or_stop, plain_message
@@ -99,6 +101,36 @@ def cached_bundle(choice: ModelChoice) -> ModelBundle:
     for parameter in bundle.model.parameters():
         parameter.requires_grad_(False)
     return bundle
+
+
+@st.cache_resource(max_entries=4, show_spinner="Reading the model's layers from its safetensors headers...")
+def cached_lazy(choice: ModelChoice) -> LazyModel:
+    """A Hugging Face directory opened without its weights (see :func:`is_lazy`)."""
+    return LazyModel(choice.path)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def is_lazy(choice: ModelChoice) -> bool:
+    """Whether ``choice`` is a Hugging Face directory the pages open lazily: its layers from the
+    headers, one layer's weight at a time, the whole model only when a page needs it and the user asks."""
+    return choice.kind == "hf" and opens_lazily(choice.path)
+
+
+def cached_model(choice: ModelChoice) -> ModelBundle | LazyModel:
+    """What the one-layer pages work from: the lazy model where possible, else the loaded one."""
+    return cached_lazy(choice) if is_lazy(choice) else cached_bundle(choice)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Reading the layer's weights from the shards...")
+def lazy_layer_weight(choice: ModelChoice, layer_name: str) -> torch.Tensor:
+    """One layer's ``out x in`` float32 weight, read alone from a lazily opened model's shards."""
+    return weight_matrix(cached_lazy(choice).module(layer_name)).float().clone()
+
+
+@st.cache_resource(max_entries=8, show_spinner="Collecting the layer's calibration Gram, block by block...")
+def lazy_gram(choice: ModelChoice, layer_name: str, n_samples: int = CALIBRATION_SAMPLES) -> torch.Tensor:
+    """The layer's undamped input Gram, streaming the blocks before it (see ``LazyModel.gram``)."""
+    return cached_lazy(choice).gram(layer_name, n_samples)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Measuring the dense model...")
@@ -209,8 +241,37 @@ def current_choice() -> ModelChoice:
 
 
 def current_bundle() -> ModelBundle:
-    """The chosen model, loaded (cached); on failure the page shows why and stops."""
-    return or_stop("load the model", cached_bundle, current_choice())
+    """The chosen model, loaded (cached); on failure the page shows why and stops. A lazily opened
+    model is loaded only once the user asks for it (see :func:`whole_model_allowed`)."""
+    choice = current_choice()
+    if is_lazy(choice) and not whole_model_allowed("This page works on the whole model"):
+        st.stop()
+    return or_stop("load the model", cached_bundle, choice)
+
+
+def current_model() -> ModelBundle | LazyModel:
+    """What one-layer pages work from (see :func:`cached_model`); on failure the page says why and stops."""
+    return or_stop("open the model", cached_model, current_choice())
+
+
+def whole_model_allowed(why: str) -> bool:
+    """For a lazily opened model: whether the user has asked to load all of it, with a button that
+    states its size; a model over the ``DSF_MAX_MODEL_PARAMS`` limit is refused."""
+    choice = current_choice()
+    if st.session_state.get("whole_model") == choice:
+        return True
+    lazy = current_model()
+    size = f"{lazy.n_params:,} parameters, {human_bytes(lazy.dense_bytes())} in float32"
+    top = limit("DSF_MAX_MODEL_PARAMS")
+    if lazy.n_params > top:
+        st.error(f"{why}, which would need all of it in memory ({size}), over the limit of {top:,} parameters "
+                 "(DSF_MAX_MODEL_PARAMS). The Layer inspector and Factorize pages read one layer at a time.")
+        return False
+    st.info(f"{why}: loading it takes {size}. The Layer inspector and Factorize pages need only one layer.")
+    if st.button(f"Load the whole model ({human_bytes(lazy.dense_bytes())})", key="load_whole_model"):
+        st.session_state.whole_model = choice
+        return True
+    return False
 
 
 def cuda_label() -> str:
@@ -234,9 +295,9 @@ def warn_if_no_cuda() -> None:
         )
 
 
-def layers_or_stop(bundle: ModelBundle) -> list[LayerInfo]:
+def layers_or_stop(model: ModelBundle | LazyModel) -> list[LayerInfo]:
     """The model's factorizable layers; if it has none, the page says so and stops."""
-    found = list_layers(bundle.model)
+    found = model.layers if isinstance(model, LazyModel) else list_layers(model.model)
     if not found:
         st.error("This model has no factorizable layer (Linear, Conv2d without groups, or Conv1D).")
         st.stop()
@@ -263,9 +324,9 @@ def show_skipped_layers(bundle: ModelBundle) -> None:
         st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
 
 
-def choose_layer(bundle: ModelBundle, where=st.sidebar) -> LayerInfo:
+def choose_layer(model: ModelBundle | LazyModel, where=st.sidebar) -> LayerInfo:
     """A layer picker whose choice is shared by all pages (defaults to the largest layer)."""
-    found = layers_or_stop(bundle)
+    found = layers_or_stop(model)
     names = [layer.name for layer in found]
     if st.session_state.layer not in names and st.query_params.get("layer") == st.session_state.layer:
         st.warning(f"Ignored from the link: layer = {st.session_state.layer!r}, which this model does not have.")
@@ -315,17 +376,21 @@ def cached_synthetic(m: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return synthetic_matrix(m, n)
 
 
-def choose_target(bundle: ModelBundle) -> Target:
+def choose_target(model: ModelBundle | LazyModel) -> Target:
     """Sidebar pickers for the matrix to work on: a layer of the model (default) or a synthetic
-    ``m x n`` matrix (rank 32 plus noise, with a Gram of unequal input scales)."""
+    ``m x n`` matrix (rank 32 plus noise, with a Gram of unequal input scales). For a lazily opened
+    model only the layer's weight is read, and its Gram only when asked for."""
     source = st.sidebar.radio("Matrix", ["Model layer", SYNTHETIC], persist_state="session", key="_target_source", horizontal=True)
     if source == SYNTHETIC:
         m = int(st.sidebar.number_input("Rows m", 2, 2048, 512, persist_state="session", key="_synthetic_m"))
         n = int(st.sidebar.number_input("Columns n", 2, 2048, 512, persist_state="session", key="_synthetic_n"))
         W, G = cached_synthetic(m, n)
         return Target(f"synthetic {m} x {n}", ("synthetic", m, n), W, W, G, f"synthetic inputs ({4 * n} rows)")
-    layer = choose_layer(bundle)
+    layer = choose_layer(model)
     choice = current_choice()
+    if isinstance(model, LazyModel):
+        return lazy_target(model, choice, layer)
+    bundle = model
     try:
         gram = calibration_gram(choice, layer.name)
         gram_source = f"{CALIBRATION_SAMPLES} calibration samples of {choice.label}"
@@ -335,6 +400,30 @@ def choose_target(bundle: ModelBundle) -> Target:
     return Target(
         label, (choice, layer.name), layer_kernel(bundle, layer.name), layer_weight(bundle, layer.name), gram, gram_source
     )
+
+
+def lazy_target(model: LazyModel, choice: ModelChoice, layer: LayerInfo) -> Target:
+    """The layer of a lazily opened model: its weight alone; its Gram if the user switches it on,
+    after seeing what it costs."""
+    cost = model.gram_cost(layer.name, CALIBRATION_SAMPLES)
+    gram, gram_source = None, "no calibration data (the layer lies outside the model's blocks and head)"
+    if cost is not None:
+        wanted = st.sidebar.toggle("Calibration Gram", value=False, key="_lazy_gram")
+        st.sidebar.caption(
+            f"Needs the model up to block {cost.blocks}: reads {human_bytes(cost.read_bytes)} of weights, "
+            f"holds up to {human_bytes(cost.memory_bytes)} at once, {cost.forward_passes} block forward passes "
+            f"({CALIBRATION_SAMPLES} samples)."
+        )
+        gram_source = "no calibration data (switch on 'Calibration Gram' in the sidebar)"
+        if wanted:
+            try:
+                gram = lazy_gram(choice, layer.name)
+                gram_source = f"{CALIBRATION_SAMPLES} calibration samples of {choice.label}"
+            except Exception as exc:  # the model's own inputs failed: data-free methods still work
+                gram_source = f"no calibration data ({plain_message(exc)})"
+    weight = or_stop("read the layer's weights", lazy_layer_weight, choice, layer.name)
+    label = f"{layer.name} ({layer.shape[0]} x {layer.shape[1]})"
+    return Target(label, (choice, layer.name, gram is not None), weight, weight, gram, gram_source)
 
 
 def layer_weight(bundle: ModelBundle, name: str) -> torch.Tensor:

@@ -128,12 +128,17 @@ def _models(args) -> int:
 
 def _layers(args) -> int:
     from .layers import list_layers, skipped_layers
+    from .streaming.lazy import LazyModel, opens_lazily
 
-    bundle = _load(args.model)
+    if opens_lazily(args.model):  # a Hugging Face checkpoint: from its headers, no weight read
+        layers, others = LazyModel(args.model).layers, []
+    else:
+        model = _load(args.model).model
+        layers, others = list_layers(model), skipped_layers(model)
     rows = [{"name": layer.name, "type": layer.type, "shape": "x".join(map(str, layer.shape)),
-             "params": layer.n_params} for layer in list_layers(bundle.model)]
+             "params": layer.n_params} for layer in layers]
     skipped = [{"name": layer.name, "type": layer.type, "weight_shape": "x".join(map(str, layer.weight_shape)),
-                "params": layer.n_params, "reason": layer.reason} for layer in skipped_layers(bundle.model)]
+                "params": layer.n_params, "reason": layer.reason} for layer in others]
     if args.json:  # one list: the factorizable layers, then the others with the reason
         print(json.dumps([{**row, "factorizable": True} for row in rows]
                          + [{**row, "factorizable": False} for row in skipped], indent=2))

@@ -7,20 +7,22 @@ import torch
 
 from dsf_app import figures, job_results, jobs, layer_stats, session
 from dsf_core import METHODS
+from dsf_core.models import ModelBundle
 from dsf_core.plan import budget, budget_plan
 
 SPECTRA_JOB = "insp_spectra_job"
 
 session.setup_page("Layer inspector")
-bundle = session.current_bundle()
-target = session.choose_target(bundle)
+model = session.current_model()
+target = session.choose_target(model)  # a big checkpoint: this layer alone
 density = session.choose_density()
 W = target.matrix
 m, n = W.shape
 
 st.title("Layer inspector")
 st.caption(f"**{target.label}** · input Gram: {target.gram_source}")
-session.show_skipped_layers(bundle)
+if isinstance(model, ModelBundle):  # a lazily opened checkpoint lists only what it can offer
+    session.show_skipped_layers(model)
 
 
 def start_spectra(target: session.Target) -> jobs.Job:

@@ -18,8 +18,7 @@ QUICK_WAIT_SECONDS = 2.0  # a run this short shows its result at once (the 2 s t
 
 session.setup_page("Factorize")
 st.title("Factorize")
-bundle = session.current_bundle()
-target = session.choose_target(bundle)
+target = session.choose_target(session.current_model())  # a big checkpoint: this layer alone
 density = session.choose_density()
 session.warn_if_no_cuda()
 device = session.device()
@@ -253,6 +252,9 @@ def draw_in_model(outcome: fr.Outcome, key: tuple) -> None:
         st.caption("A synthetic matrix belongs to no model: choose a model layer to try it in the model.")
         return
     choice, layer_name = target.key
+    if session.is_lazy(choice) and not session.whole_model_allowed("Trying the layer in the model loads the whole model"):
+        return
+    bundle = session.current_bundle()
     store = st.session_state.setdefault(MODEL_METRICS, {})
     metrics = job_results.recall(store, key)
     name = bundle.metric_name

@@ -8,8 +8,7 @@ from dsf_core.methods._common import PATTERNS
 from dsf_core.plan import budget
 
 session.setup_page("Compare")
-bundle = session.current_bundle()
-target = session.choose_target(bundle)
+target = session.choose_target(session.current_model())  # a big checkpoint: this layer alone
 density = session.choose_density()
 device = session.device()
 

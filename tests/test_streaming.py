@@ -114,3 +114,46 @@ def test_bfloat16_forward_keeps_float32_factors_and_the_same_result(model_dirs, 
     assert model.model.layers[0].mlp.down_proj.factor_0.dtype == torch.float32
     ids = _tokens()
     assert _outputs(model, ids).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_lm_head_selected_is_factorized_as_in_memory(sequential, model_dirs, tmp_path):
+    pattern = "model.layers.1.*,lm_head"
+    bundle = load_hf(str(model_dirs["llama"]), seq_len=SEQ_LEN, text_file=str(TEXT))
+    memory = compress_model(bundle, "wanda", 0.5, layers=pattern, calibration=20, sequential=sequential)
+    streamed = compress_streaming(model_dirs["llama"], "wanda", 0.5, layers=pattern, calibration=20, seq_len=SEQ_LEN,
+                                  sequential=sequential, eval_text=TEXT, out=tmp_path / "out")
+    assert [r.name for r in streamed.layers] == [r.name for r in memory.layers]
+    assert streamed.layers[-1].name == "lm_head"
+    for mine, theirs in zip(streamed.layers, memory.layers):
+        assert mine.n_params == theirs.n_params
+        assert mine.weighted_error == pytest.approx(theirs.weighted_error, rel=1e-5)
+    assert memory.metric_name == "perplexity"
+    assert streamed.compressed_perplexity == pytest.approx(memory.compressed_metric, rel=1e-5)
+    model = load_compressed(tmp_path / "out")
+    ids = _tokens()
+    torch.testing.assert_close(_outputs(model, ids), _outputs(memory.model, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_lm_head_stays_dense_unless_selected_and_tied_heads_are_refused(model_dirs):
+    streamed = compress_streaming(model_dirs["llama"], "magnitude", 0.5, calibration=0, seq_len=SEQ_LEN)
+    assert "lm_head" not in [r.name for r in streamed.layers]
+    with pytest.raises(ValueError, match="tied to 'transformer.wte.weight'.*--in-memory, which unties them"):
+        compress_streaming(model_dirs["gpt2"], "magnitude", 0.5, layers="lm_head", calibration=0, seq_len=SEQ_LEN)
+    with pytest.raises(ValueError, match="'pooler.dense', outside the blocks and the head"):
+        compress_streaming(model_dirs["bert"], "magnitude", 0.5, layers="pooler.*", calibration=0, seq_len=SEQ_LEN)
+
+
+@pytest.mark.parametrize("head_done", [True, False])
+def test_resume_after_the_blocks_with_lm_head_selected(head_done, model_dirs, tmp_path):
+    import json
+
+    run = dict(layers="model.layers.*,lm_head", calibration=8, seq_len=SEQ_LEN, eval_text=TEXT, out=tmp_path / "out")
+    whole = compress_streaming(model_dirs["llama"], "wanda", 0.5, **run)
+    manifest_file = tmp_path / "out" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest.update(complete=False, blocks_done=3 if head_done else 2)  # stopped after the head, or before it
+    manifest_file.write_text(json.dumps(manifest))
+    resumed = compress_streaming(model_dirs["llama"], "wanda", 0.5, resume=True, **run)
+    assert resumed.compressed_perplexity == pytest.approx(whole.compressed_perplexity, rel=1e-6)
+    assert [(r.name, r.n_params) for r in resumed.layers] == [(r.name, r.n_params) for r in whole.layers]

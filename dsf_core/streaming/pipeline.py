@@ -162,7 +162,8 @@ def compress_streaming(
         calib = _capture(source, ranks.shard(inputs.calibration))
         evals = _capture(source, ranks.shard(inputs.evaluation)) if inputs.evaluation else None
         dense_eval = Stream(list(evals.hidden), evals.calls) if evals else None
-        meter = Progress(progress if ranks.writer else None, [sum(m * n for _, (m, n) in b) for b in run.chosen])
+        meter = Progress(progress if ranks.writer else None, [sum(m * n for _, (m, n) in b) for b in run.chosen],
+                         blocks=len(source.blocks))
 
         # 2. per block: onload, calibrate, compress, propagate, write, free
         for index in range(len(source.blocks)):
@@ -174,7 +175,7 @@ def compress_streaming(
             if dense_eval is not None:
                 dense_eval.advance(block, index)
             dense_out = None if sequential else calib.advanced(block, index)  # independent: Grams and outputs dense
-            compressed, reports = run.compress_block(block, index, calib, meter)
+            compressed, reports = run.compress_part(block, index, calib.forward(index), len(calib.hidden), meter)
             calib = calib.advanced(block, index) if sequential else dense_out
             if evals is not None:
                 evals.advance(block, index)
@@ -182,9 +183,12 @@ def compress_streaming(
             result.layers.extend(reports)
             del block, compressed
 
-        # 3. head: perplexity before and after
-        if evals is not None and source.family.causal:
+        # 3. head: perplexity before and after, the head's chosen layers compressed in between
+        perplexity = evals is not None and source.family.causal
+        if perplexity:
             result.dense_perplexity = _perplexity(source, dense_eval, inputs.evaluation_tokens(ranks), ranks)
+        result.layers.extend(run.head(calib, meter))
+        if perplexity:
             result.compressed_perplexity = _perplexity(source, evals, inputs.evaluation_tokens(ranks), ranks)
         result.seconds = time.perf_counter() - start
         if run.store is not None:
@@ -234,9 +238,30 @@ class _Run:
     def names(self, index: int) -> list[str]:
         return [name for name, _ in self.chosen[index]]
 
-    def compress_block(self, block, index, calib, meter):
-        return _compress_block(block, index, self.names(index), calib, self.ranks, self.method, self.density,
-                               self.options, self.spec, self.damp, self.sequential, meter, self.source.family.blocks)
+    def compress_part(self, module, index, forward, n_batches, meter):
+        """Factorize the chosen layers of part ``index`` (a block, or after the blocks the head, whose
+        ``module`` is the model itself) in place; ``({name: module}, reports)``."""
+        prefix = f"{self.source.family.blocks}.{index}." if index < len(self.source.blocks) else ""
+        return _compress_block(module, prefix, index, self.names(index), forward, n_batches, self.ranks, self.method,
+                               self.density, self.options, self.spec, self.damp, self.sequential, meter)
+
+    def head(self, calib: "Stream", meter) -> list[LayerReport]:
+        """The head's chosen layers (e.g. ``lm_head``) factorized on the last block's outputs, in the
+        model's own head (or read back from an interrupted run's output); their reports."""
+        index = len(self.source.blocks)
+        names = self.names(index)
+        if not names:
+            return []
+        model = self.source.model
+        if self.store is not None and index < self.store.blocks_done:
+            shapes = {layer.name: layer.shape for layer in list_layers(model) if layer.name in names}
+            for name, module in read_layers(self.store.directory, self.store.manifest, names, shapes).items():
+                set_module(model, name, module.to(self.inputs.device))
+            meter.skip(index)
+            return []
+        compressed, reports = self.compress_part(model, index, head_forward(self.source, calib), len(calib.hidden), meter)
+        self.write(index, compressed, reports)
+        return reports
 
     def write(self, index, compressed, reports) -> None:
         if self.store is not None:
@@ -249,21 +274,30 @@ class _Run:
 
 
 def _chosen_layers(source: ModelSource, pattern: str | None) -> list[list[tuple[str, tuple[int, int]]]]:
-    """Per block, the chosen layers' full names and ``(out, in)`` shapes; a ValueError for a chosen
-    layer outside the blocks (those stay dense in a streamed run)."""
+    """Per block, then for the head, the chosen layers' full names and ``(out, in)`` shapes. Head
+    layers (e.g. ``lm_head``) only when ``pattern`` names them; a ValueError for a chosen layer
+    elsewhere outside the blocks, or a head layer whose weight is tied to the input embeddings."""
     prefix = source.family.blocks + "."
     chosen = select_layers(source.model, pattern)
-    outside = [layer.name for layer in chosen if not layer.name.startswith(prefix)]
-    if outside and pattern:
-        raise ValueError(
-            f"--layers selects {outside[:3]}, outside the blocks; a streamed run compresses block layers only "
-            "(use --in-memory to compress the others)."
-        )
-    per_block = [[] for _ in source.blocks]
+    parts = [[] for _ in range(len(source.blocks) + 1)]
     for layer in chosen:
         if layer.name.startswith(prefix):
-            per_block[int(layer.name[len(prefix):].split(".")[0])].append((layer.name, layer.shape))
-    return per_block
+            parts[int(layer.name[len(prefix):].split(".")[0])].append((layer.name, layer.shape))
+        elif pattern and layer.name in source.family.head:
+            parts[-1].append((layer.name, layer.shape))
+        elif pattern:
+            raise ValueError(
+                f"--layers selects {layer.name!r}, outside the blocks and the head; a streamed run compresses "
+                "those only (use --in-memory to compress it)."
+            )
+    for name, _ in parts[-1]:
+        tied = source.tied.get(name + ".weight")
+        if tied:
+            raise ValueError(
+                f"--layers selects {name!r}, whose weight is tied to {tied[0]!r} (tie_word_embeddings): a streamed "
+                "run keeps tied weights dense; leave it out of --layers, or use --in-memory, which unties them."
+            )
+    return parts
 
 
 @torch.no_grad()
@@ -299,12 +333,12 @@ def _load_block(source: ModelSource, index: int, inputs, skip=()) -> nn.Module:
     return source.materialize(block, prefix, device=inputs.device, dtype=inputs.dtype, skip=skip).eval()
 
 
-def _compress_block(block, index, names, calib, ranks, method, density, options, spec, damp, sequential, meter, blocks_path):
-    """Factorize the block's chosen layers in place; ``({name: module}, reports)``."""
-    prefix = f"{blocks_path}.{index}."
+def _compress_block(block, prefix, index, names, forward, n_batches, ranks, method, density, options, spec, damp,
+                    sequential, meter):
+    """Factorize the chosen layers (``names``, each ``prefix`` + a name in ``block``) in place, the
+    block run on batch j by ``forward(block, j)``; ``({name: module}, reports)``."""
     relative = [name[len(prefix):] for name in names]
-    forward = calib.forward(index)
-    batches = range(len(calib.hidden))
+    batches = range(n_batches)
     if not relative:
         return {}, []
     if spec.uses_gram == "no" or not batches:
@@ -318,14 +352,17 @@ def _compress_block(block, index, names, calib, ranks, method, density, options,
         grams = _grams(block, forward, batches, group, called_once, damp, ranks) if use_grams else dict.fromkeys(group)
         matrices = {name: weight_matrix(block.get_submodule(name)).float() for name in group}
         owners = ranks.owners([float(m.numel()) for m in matrices.values()])
+        mine = {}  # this process's layers, all factorized before any is broadcast (a broadcast waits for its owner)
         for name, owner in zip(group, owners):
-            module = block.get_submodule(name)
-            matrix, gram = matrices[name], grams[name]
-            result = stats = None
             if owner == ranks.rank:
+                matrix, gram = matrices[name], grams[name]
                 result = factorize(matrix, method, density=density, gram=gram, **options)
-                stats = [result.error(matrix), math.nan if gram is None else result.error(matrix, gram), result.seconds]
-            result, stats = ranks.share(result, stats, owner, method=method, options=options, weight_shape=matrix.shape)
+                mine[name] = (result, [result.error(matrix), math.nan if gram is None else result.error(matrix, gram),
+                                       result.seconds])
+        for name, owner in zip(group, owners):
+            module, matrix = block.get_submodule(name), matrices[name]
+            result, stats = ranks.share(*mine.get(name, (None, None)), owner, method=method, options=options,
+                                        weight_shape=matrix.shape)
             new = result.to_module(module.bias)
             set_module(block, name, new)
             modules[prefix + name] = new
@@ -381,19 +418,29 @@ def _replay(source, store, index, names, calib, dense_eval, evals, inputs, seque
 def _perplexity(source, stream: Stream, tokens: list[torch.Tensor], ranks) -> float:
     """exp of the mean next-token cross-entropy of the model's head on the stream's last hidden
     states, over every process's batches."""
-    model = source.model
+    head = head_forward(source, stream)
     totals = torch.zeros(2, dtype=torch.float64, device=ranks.device)
-    for hidden, ids in zip(stream.hidden, tokens):
-        for name in source.family.head:
-            module = _optional_submodule(model, name)
-            if module is not None:
-                hidden = module(hidden)
-        logits = hidden[:, :-1].float()
+    for j, ids in enumerate(tokens):
+        logits = head(source.model, j)[:, :-1].float()
         target = ids[:, 1:].to(logits.device)
         totals[0] += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum").double()
         totals[1] += target.numel()
     ranks.sum_(totals)
     return math.exp(float(totals[0] / totals[1]))
+
+
+def head_forward(source: ModelSource, stream: Stream):
+    """``forward(model, j)``: the model's head modules, in order, on the stream's hidden states of batch j."""
+
+    def run(model, j):
+        hidden = stream.hidden[j]
+        for name in source.family.head:
+            module = _optional_submodule(model, name)
+            if module is not None:
+                hidden = module(hidden)
+        return hidden
+
+    return run
 
 
 def _optional_submodule(model, name):

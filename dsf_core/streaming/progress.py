@@ -11,11 +11,11 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    """Counts work in weight entries (``costs[i]``: block i's chosen layers'); the ETA assumes the
-    rest goes at the pace so far. ``stream=None`` prints nothing."""
+    """Counts work in weight entries (``costs[i]``: block i's chosen layers', the head's after the
+    ``blocks`` blocks); the ETA assumes the rest goes at the pace so far. ``stream=None`` prints nothing."""
 
-    def __init__(self, stream, costs: list[int]):
-        self.stream, self.costs = stream, costs
+    def __init__(self, stream, costs: list[int], *, blocks: int):
+        self.stream, self.costs, self.blocks = stream, costs, blocks
         self.total, self.done, self.skipped = max(sum(costs), 1), 0, 0
         self.start = time.perf_counter()
 
@@ -24,14 +24,17 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         pace = elapsed / max(self.done - self.skipped, 1)
         eta = pace * (self.total - self.done)
-        self._say(f"block {index + 1}/{len(self.costs)} {name}: {100 * self.done / self.total:.0f}% done, "
+        self._say(f"{self._part(index)} {name}: {100 * self.done / self.total:.0f}% done, "
                   f"elapsed {_clock(elapsed)}, ETA {_clock(eta)}")
 
     def skip(self, index: int) -> None:
         """Block ``index`` was done by the interrupted run."""
         self.done += self.costs[index]
         self.skipped += self.costs[index]
-        self._say(f"block {index + 1}/{len(self.costs)}: done before, read back from the output directory")
+        self._say(f"{self._part(index)}: done before, read back from the output directory")
+
+    def _part(self, index: int) -> str:
+        return f"block {index + 1}/{self.blocks}" if index < self.blocks else "head"
 
     def _say(self, line: str) -> None:
         if self.stream is not None:

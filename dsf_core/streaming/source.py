@@ -30,6 +30,8 @@ class ModelSource:
         self.family: Family = _family(self.config)
         self.shards = _shard_map(self.directory)  # tensor name in the files -> shard file
         self.model = skeleton(self.config, self.family)
+        self.headers: dict[str, tuple[list[int], str]] = {}  # name in the files -> (shape, dtype)
+        self.tied: dict[str, list[str]] = {}  # model tensor name -> the names of the tensors tied to it
         self._check_tensors()
 
     @property
@@ -66,40 +68,43 @@ class ModelSource:
                         stored = kind == "_parameters" or leaf not in owner._non_persistent_buffers_set
                         entries.append((owner, kind, leaf, key, tensor, stored))
         made: dict[int, torch.Tensor] = {}
-        values = self.read([key for *_, key, tensor, stored in entries if stored], device=device)
+        wanted = {id(tensor): key for *_, key, tensor, stored in entries if stored}  # one name per tied group
+        values = self.read(list(wanted.values()), device=device)
         for owner, kind, leaf, key, tensor, stored in entries:
             if id(tensor) not in made:
-                value = values.get(key) if stored else torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
-                if value is None:  # a tied alias: its twin holds the value
-                    continue
+                value = values[wanted[id(tensor)]] if stored else torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
                 if kind == "_parameters":
                     value = nn.Parameter(value.to(dtype) if value.is_floating_point() else value, requires_grad=False)
                 made[id(tensor)] = value
                 if not stored:
                     to_init.append(owner)
             getattr(owner, kind)[leaf] = made[id(tensor)]
-        for owner, kind, leaf, key, tensor, stored in entries:  # aliases whose twin came later
-            if getattr(owner, kind)[leaf].is_meta:
-                getattr(owner, kind)[leaf] = made[id(tensor)]
         with torch.no_grad():
             for owner in to_init:
                 self.model._init_weights(owner)
         return module
 
     def read(self, keys, *, device="cpu") -> dict[str, torch.Tensor]:
-        """The named tensors (model names) that the shards hold, one shard opened at a time (so no
-        file stays mapped); names absent from the files (tied aliases) are left out."""
+        """The named tensors (model names; a tied alias is read under its twin's name in the files),
+        one shard opened at a time (so no file stays mapped), only these tensors read."""
         by_file = defaultdict(list)
         for key in keys:
-            file_key = self.file_key(key)
-            if file_key is not None:
-                by_file[self.shards[file_key]].append((key, file_key))
+            file_key = self.stored_key(key)
+            by_file[self.shards[file_key]].append((key, file_key))
         out = {}
         for file, pairs in by_file.items():
             with safe_open(self.directory / file, framework="pt", device="cpu") as handle:
                 for key, file_key in pairs:
                     out[key] = handle.get_tensor(file_key).to(device)
         return out
+
+    def stored_key(self, key: str) -> str:
+        """The name in the files of model tensor ``key``, or of a tensor tied to it."""
+        for candidate in (key, *self.tied.get(key, ())):
+            file_key = self.file_key(candidate)
+            if file_key is not None:
+                return file_key
+        raise KeyError(f"No tensor {key!r} in the shards of '{self.directory}'.")
 
     def file_key(self, key: str) -> str | None:
         """The name ``key`` has in the files: as is, or with the base model's prefix dropped or added
@@ -115,11 +120,15 @@ class ModelSource:
         groups = defaultdict(list)  # tied tensors: one group, one of whose names must be in the files
         for key, tensor in self.model.state_dict(keep_vars=True).items():
             groups[id(tensor)].append((key, tensor))
-        headers = {}
         for file in set(self.shards.values()):
             with safe_open(self.directory / file, framework="pt") as handle:
-                headers.update({k: handle.get_slice(k).get_shape() for k in handle.keys()})
+                for k in handle.keys():
+                    part = handle.get_slice(k)
+                    self.headers[k] = (part.get_shape(), part.get_dtype())
+        headers = {k: shape for k, (shape, _) in self.headers.items()}
         for members in groups.values():
+            for key, _ in members:
+                self.tied[key] = [other for other, _ in members if other != key]
             found = [(key, t, self.file_key(key)) for key, t in members if self.file_key(key) is not None]
             if not found:
                 key, tensor = members[0]
