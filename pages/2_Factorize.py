@@ -251,7 +251,7 @@ def draw_in_model(outcome: fr.Outcome, key: tuple) -> None:
     if target.key[0] == "synthetic":
         st.caption("A synthetic matrix belongs to no model: choose a model layer to try it in the model.")
         return
-    choice, layer_name = target.key
+    choice, layer_name = target.key[:2]  # a lazy layer's key also says whether its Gram was read
     if session.is_lazy(choice) and not session.whole_model_allowed("Trying the layer in the model loads the whole model"):
         return
     bundle = session.current_bundle()
