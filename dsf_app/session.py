@@ -226,11 +226,11 @@ def setup_page(title: str) -> None:
 
 
 def model_from_url(text: str) -> ModelChoice:
-    """The model a link names, loaded once to be sure it loads (a ValueError says why not)."""
+    """The model a link names, opened once to be sure it opens (a big checkpoint lazily; a ValueError says why not)."""
     kind, name, path = state.parse_model(text, list(BUILTIN_MODELS))
     choice = ModelChoice(kind, name, path, version=file_version(path) if path else 0)
     try:
-        cached_bundle(choice)
+        cached_model(choice)  # a big Hugging Face checkpoint: its headers only
     except Exception as exc:  # the directory a link names may not hold a model any more
         raise ValueError(plain_message(exc)) from exc
     return choice

@@ -102,3 +102,13 @@ def test_layer_inspector_shows_one_layer_read_alone(model_dir, no_whole_model):
     assert not at.exception and not at.error, (at.exception, at.error)
     assert {m.label: m.value for m in at.metric}["Shape (out x in)"] == "32 x 64"
     assert any("switch on 'Calibration Gram'" in c.value for c in at.caption)
+
+
+def test_a_link_to_a_checkpoint_opens_it_lazily_on_its_layer(model_dir, no_whole_model):
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Factorize.py"), default_timeout=60)
+    at.query_params.update({"model": f"hf:{model_dir}", "layer": LAYER, "method": "svd"})
+    at.run()
+    assert not at.exception and not at.error and not at.warning, (at.exception, at.error, at.warning)
+    assert at.session_state.model_choice == choice_of(model_dir)
+    assert at.sidebar.selectbox(key="_layer_picker").value == LAYER
+    assert at.selectbox(key="fact_method").value == "svd"
