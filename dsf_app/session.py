@@ -194,6 +194,8 @@ def save_upload(name: str, data: bytes) -> Path:
 DEFAULTS = {"model_choice": ModelChoice("builtin", DEFAULT_MODEL), "device": CPU, "layer": None, "density": 0.3}
 
 
+ICON = Path(__file__).with_name("icon.png")  # the app's favicon, served by this server
+
 # the sidebar's page links (Streamlit's own list would call the Home page "app")
 NAVIGATION = [
     ("app.py", "Home", ":material/home:"),
@@ -208,8 +210,8 @@ NAVIGATION = [
 def setup_page(title: str) -> None:
     """Page config, shared session defaults (or what the URL says), page links and the sidebar
     summary; call first on every page."""
-    icon = next(icon for _, label, icon in NAVIGATION if label == title)
-    st.set_page_config(page_title=f"{title} · DSF Explorer", page_icon=icon, layout="wide")
+    # the tab's icon is a bundled image: a ':material/...:' one is fetched from fonts.gstatic.com
+    st.set_page_config(page_title=f"{title} · DSF Explorer", page_icon=str(ICON), layout="wide")
     state.from_url("model_choice", model_from_url, "model")
     state.from_url("layer", str)
     state.from_url("density", state.parse_density)

@@ -152,3 +152,25 @@ def test_efficientnet_chosen_on_home_and_a_pointwise_layer_factorized(page, serv
     page.get_by_role("button", name="Factorize").evaluate("e => e.scrollIntoView({block: 'start'})")
     page.wait_for_timeout(300)
     page.screenshot(path=str(screenshots / "factorize_efficientnet_lite0.png"))
+
+
+def test_a_link_and_a_reload_restore_the_choices_and_no_request_leaves_the_machine(server, screenshots):
+    outside = []
+    with chromium_tab() as tab:  # a fresh tab, a fresh session: every request it makes is recorded
+        tab.on("request", lambda request: None if request.url.startswith((server, "data:", "blob:"))
+               else outside.append(request.url))
+        tab.goto(f"{server}/Factorize?model=tiny-lm&layer=blocks.1.mlp.fc&density=0.42&method=svd")
+        expect(tab.get_by_text("blocks.1.mlp.fc (512 x 128)").first).to_be_visible()
+        settle(tab)
+        _choose(tab, "Method", "magnitude")
+        assert "method=magnitude" in tab.url and "density=0.42" in tab.url and "model=tiny-lm" in tab.url
+        tab.reload()
+        expect(tab.get_by_text("blocks.1.mlp.fc (512 x 128)").first).to_be_visible()
+        settle(tab)
+        expect(tab.get_by_role("combobox", name="Method")).to_have_value("magnitude")
+        expect(tab.get_by_text("Model: tiny-lm", exact=False).first).to_be_visible()
+        _assert_no_errors(tab)
+        tab.set_viewport_size({"width": 800, "height": 1000})
+        settle(tab)
+        tab.screenshot(path=str(screenshots / "factorize_800px.png"))
+    assert outside == [], f"requests left the machine: {outside[:5]}"
