@@ -154,9 +154,10 @@ def test_efficientnet_chosen_on_home_and_a_pointwise_layer_factorized(page, serv
     page.screenshot(path=str(screenshots / "factorize_efficientnet_lite0.png"))
 
 
-def test_a_link_and_a_reload_restore_the_choices_and_no_request_leaves_the_machine(server, screenshots):
+def test_a_link_and_a_reload_restore_the_choices_and_no_request_leaves_the_machine(page, server, screenshots):
     outside = []
-    with chromium_tab() as tab:  # a fresh tab, a fresh session: every request it makes is recorded
+    tab = page.context.browser.new_page(viewport={"width": 1440, "height": 1100})  # a fresh tab and session
+    try:  # every request the tab makes is recorded
         tab.on("request", lambda request: None if request.url.startswith((server, "data:", "blob:"))
                else outside.append(request.url))
         tab.goto(f"{server}/Factorize?model=tiny-lm&layer=blocks.1.mlp.fc&density=0.42&method=svd")
@@ -173,4 +174,6 @@ def test_a_link_and_a_reload_restore_the_choices_and_no_request_leaves_the_machi
         tab.set_viewport_size({"width": 800, "height": 1000})
         settle(tab)
         tab.screenshot(path=str(screenshots / "factorize_800px.png"))
+    finally:
+        tab.close()
     assert outside == [], f"requests left the machine: {outside[:5]}"
