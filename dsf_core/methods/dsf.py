@@ -285,8 +285,8 @@ def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int, beat=lam
 
     Columns of ``fixed`` are normalised (X's rows scaled to match) and a small ridge keeps the Gram
     well conditioned. The first solve uses the warm-start penalty ``rho0``; the support is re-chosen
-    only in the first ``_MASK_STEPS`` steps, then frozen. ``beat(step)`` is called after the
-    inverse (``step = -1``), after each step, and inside the inverse (``step = -2``).
+    only in the first ``_MASK_STEPS`` steps, then frozen. ``beat(step)`` is called before and
+    inside the inverse (``step = -2``), after it (``step = -1``) and after each step.
     """
     beat(-2)
     gram, norms = _unit_diagonal(fixed.T @ fixed)
