@@ -6,24 +6,21 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 
 from dsf_core import METHODS, BudgetError
 from dsf_core.checkpoint import save_compressed
 from dsf_core.compress import LayerReport, compress_model, parse_layer_densities
 from dsf_core.layers import select_layers
 from dsf_core.models import BUILTIN_MODELS, ModelBundle
-from dsf_core.stats import dense_file_bytes, stored_values
+from dsf_core.stats import dense_file_bytes, latency_seconds, stored_values
 
 from . import figures, method_settings
 from .comparison import why_not
@@ -118,14 +115,7 @@ def latency_ms(bundle: ModelBundle, model) -> float:
     """Median milliseconds of one forward pass of ``model`` on ``LATENCY_BATCH`` calibration samples
     (after a warm-up), on the CPU thread count of this server."""
     batch = bundle.calibration_inputs(LATENCY_BATCH)[0]
-    with torch.no_grad():
-        bundle.forward(model, batch)
-        times = []
-        for _ in range(LATENCY_REPEATS):
-            start = time.perf_counter()
-            bundle.forward(model, batch)
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * latency_seconds(model, batch, LATENCY_REPEATS, forward=bundle.forward)
 
 
 def dense_reference(bundle: ModelBundle, metric: float) -> Reference:

@@ -63,12 +63,14 @@ def flops_per_sample(model: nn.Module, forward, batch, n_samples: int) -> int:
 
 
 @torch.no_grad()
-def latency_seconds(module: nn.Module, x: torch.Tensor, repeats: int = 20) -> float:
-    """Median wall time of ``module(x)`` over ``repeats`` calls, after one warm-up."""
-    module(x)
+def latency_seconds(module: nn.Module, x, repeats: int = 20, forward=None) -> float:
+    """Median wall time of ``module(x)`` (or ``forward(module, x)``, e.g. a bundle's forward on
+    its batch) over ``repeats`` calls, after one warm-up."""
+    run = (lambda: module(x)) if forward is None else (lambda: forward(module, x))
+    run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        module(x)
+        run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
