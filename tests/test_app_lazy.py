@@ -38,6 +38,15 @@ def choice_of(directory) -> session.ModelChoice:
     return session.ModelChoice("hf", path=str(directory), version=session.file_version(str(directory)))
 
 
+def page_on(directory, page: str, layer: str | None = None) -> AppTest:
+    """``page`` drawn once with the checkpoint ``directory`` chosen (and ``layer``)."""
+    at = AppTest.from_file(str(ROOT / "pages" / page), default_timeout=60)
+    at.session_state["model_choice"] = choice_of(directory)
+    if layer is not None:
+        at.session_state["layer"] = layer
+    return at.run()
+
+
 def test_home_lists_the_layers_without_loading_the_model(model_dir, no_whole_model, monkeypatch):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     at.radio(key="home_source").set_value("hf").run()
@@ -62,10 +71,7 @@ def test_home_lists_the_layers_without_loading_the_model(model_dir, no_whole_mod
 
 
 def test_factorize_reads_one_layer_and_offers_its_gram_with_its_cost(model_dir, no_whole_model):
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Factorize.py"), default_timeout=60)
-    at.session_state["model_choice"] = choice_of(model_dir)
-    at.session_state["layer"] = LAYER
-    at.run()
+    at = page_on(model_dir, "2_Factorize.py", LAYER)
     assert not at.exception and not at.error, (at.exception, at.error)
     assert any("Needs the model up to block 2" in c.value and "8 block forward passes" in c.value for c in at.sidebar.caption)
     at.selectbox(key="fact_method").set_value("svd").run()
@@ -86,19 +92,14 @@ def test_factorize_reads_one_layer_and_offers_its_gram_with_its_cost(model_dir, 
 
 
 def test_trade_offs_loads_the_whole_model_only_when_asked(model_dir, no_whole_model):
-    at = AppTest.from_file(str(ROOT / "pages" / "4_Trade-offs.py"), default_timeout=60)
-    at.session_state["model_choice"] = choice_of(model_dir)
-    at.run()
+    at = page_on(model_dir, "4_Trade-offs.py")
     assert not at.exception and not at.error
     assert "in float32" in at.info[0].value
     assert at.button(key="load_whole_model").label.startswith("Load the whole model (")
 
 
 def test_layer_inspector_shows_one_layer_read_alone(model_dir, no_whole_model):
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Layer_inspector.py"), default_timeout=60)
-    at.session_state["model_choice"] = choice_of(model_dir)
-    at.session_state["layer"] = LAYER
-    at.run()
+    at = page_on(model_dir, "1_Layer_inspector.py", LAYER)
     assert not at.exception and not at.error, (at.exception, at.error)
     assert {m.label: m.value for m in at.metric}["Shape (out x in)"] == "32 x 64"
     assert any("switch on 'Calibration Gram'" in c.value for c in at.caption)
