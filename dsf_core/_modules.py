@@ -16,7 +16,9 @@ def _apply_product(factors, rows: torch.Tensor) -> torch.Tensor:
     """``rows @ (F_1 F_2 ... F_Q).T`` for rows of shape (T, n), applying ``F_Q`` first."""
     out = rows.T  # (n, T)
     for factor in reversed(factors):
-        out = factor @ out  # CSR @ dense or dense @ dense
+        if is_semi_structured(factor):
+            out = out.contiguous()
+        out = factor @ out  # CSR, 2:4 semi-structured or dense, @ dense
     return out.T
 
 
@@ -40,13 +42,21 @@ def _apply_tt(cores, rows: torch.Tensor) -> torch.Tensor:
 class FactorizedLinear(nn.Module):
     """A Linear layer whose weight is held as its factors (shape comments: T tokens, n in, m out)."""
 
-    def __init__(self, factors, sparse, kind: str, bias: torch.Tensor | None = None):
+    def __init__(self, factors, sparse, kind: str, bias: torch.Tensor | None = None, *, semi_structured=False):
+        """``semi_structured``: hold sparse factors that are 2:4 along their inputs in PyTorch's
+        semi-structured form (sparse tensor cores, for inference); a factor that cannot be (not
+        2:4, not on a CUDA GPU of compute capability 8.0+, unsupported shape or dtype) stays CSR,
+        with a warning saying why."""
         super().__init__()
         self.kind = kind
         self.n_factors = len(factors)
         for i, (factor, is_sparse) in enumerate(zip(factors, sparse)):
             factor = factor.detach()
-            self.register_buffer(f"factor_{i}", _to_csr(factor) if is_sparse else factor.clone())
+            if is_sparse and semi_structured:
+                stored = _semi_structured_or_warn(factor, i)
+            else:
+                stored = _to_csr(factor) if is_sparse else factor.clone()
+            self.register_buffer(f"factor_{i}", stored)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
 
     @property
@@ -68,7 +78,7 @@ class FactorizedLinear(nn.Module):
         """Multiply-adds times two for one input row (one token or one conv patch)."""
         if self.kind == "tt":
             return 2 * tt_matvec_macs(self.factors)
-        return 2 * sum(f.values().numel() if f.layout == torch.sparse_csr else f.numel() for f in self.factors)
+        return 2 * sum(_stored_values(f) for f in self.factors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # computes in the factors' dtype (CPU CSR products have no bfloat16), returns the input's
@@ -115,6 +125,40 @@ def tt_matvec_macs(cores) -> int:
         macs += produced * rest * r_prev * m_k * n_k * r_next
         produced *= m_k
     return macs
+
+
+def _stored_values(factor: torch.Tensor) -> int:
+    if factor.layout == torch.sparse_csr:
+        return factor.values().numel()
+    return factor.numel() // 2 if is_semi_structured(factor) else factor.numel()
+
+
+def is_semi_structured(factor: torch.Tensor) -> bool:
+    return isinstance(factor, torch.sparse.SparseSemiStructuredTensor)
+
+
+def semi_structured_obstacle(factor: torch.Tensor) -> str | None:
+    """Why ``factor`` cannot run on 2:4 sparse tensor cores here, or None when it can."""
+    rows, cols = factor.shape
+    if cols % 4 or int((factor.reshape(rows, cols // 4, 4) != 0).sum(-1).max()) > 2:
+        return "it is not 2:4 sparse along its inputs (factorize with pattern='2:4')"
+    if factor.device.type != "cuda":
+        return f"2:4 sparse tensor cores need a CUDA GPU and the factor is on {factor.device}"
+    major, minor = torch.cuda.get_device_capability(factor.device)
+    if major < 8:
+        return f"2:4 sparse tensor cores need compute capability 8.0 or newer, this GPU has {major}.{minor}"
+    return None
+
+
+def _semi_structured_or_warn(factor: torch.Tensor, index: int) -> torch.Tensor:
+    reason = semi_structured_obstacle(factor)
+    if reason is None:
+        try:
+            return torch.sparse.to_sparse_semi_structured(factor.contiguous())
+        except (RuntimeError, NotImplementedError) as error:  # shape or dtype PyTorch does not take
+            reason = str(error).removeprefix("Error ")
+    warnings.warn(f"factor {index} {tuple(factor.shape)} stays CSR: {reason}", stacklevel=3)
+    return _to_csr(factor)
 
 
 def _to_csr(dense: torch.Tensor) -> torch.Tensor:

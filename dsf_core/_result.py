@@ -96,9 +96,11 @@ class Factorization:
             return relative_error(weight, self.to_matrix())
         return weighted_relative_error(weight, self.to_matrix(), gram.to(weight))
 
-    def to_module(self, bias=None, *, stride=1, padding=0, dilation=1) -> torch.nn.Module:
-        """A Linear-like (2-D weight) or Conv2d-like (4-D kernel) module computing through the factors."""
-        linear = FactorizedLinear(self.factors, self.sparse, self.kind, bias)
+    def to_module(self, bias=None, *, stride=1, padding=0, dilation=1, semi_structured=False) -> torch.nn.Module:
+        """A Linear-like (2-D weight) or Conv2d-like (4-D kernel) module computing through the factors.
+        ``semi_structured=True`` runs 2:4 factors on sparse tensor cores where the GPU can (see
+        :class:`FactorizedLinear`)."""
+        linear = FactorizedLinear(self.factors, self.sparse, self.kind, bias, semi_structured=semi_structured)
         if len(self.weight_shape) == 4:
             return FactorizedConv2d(linear, self.weight_shape[2:], stride, padding, dilation)
         return linear

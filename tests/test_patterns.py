@@ -77,3 +77,37 @@ def test_dsf_pattern_picks_the_inner_dimension_from_the_budget():
         factorize(W, "dsf", density=0.5, pattern="2:4", inner_dim=30)
     with pytest.raises(ValueError, match="'split' does not apply"):
         factorize(W, "dsf", density=0.5, pattern="2:4", split=0.3)
+
+
+def _two_four_layer(dtype=torch.float32, device="cpu"):
+    W = torch.randn(64, 128, generator=torch.Generator().manual_seed(7))
+    result = factorize(W, "dsf", density=0.5, pattern="2:4", n_rounds=4)
+    result.factors = [f.to(device, dtype) for f in result.factors]
+    return result
+
+
+def test_semi_structured_falls_back_to_csr_with_the_reason_on_cpu():
+    result = _two_four_layer()
+    x = torch.randn(5, 128)
+    with pytest.warns(UserWarning, match="need a CUDA GPU and the factor is on cpu"):
+        module = result.to_module(semi_structured=True)
+    assert all(f.layout == torch.sparse_csr for f in module.factors)
+    torch.testing.assert_close(module(x), result.to_module()(x))
+
+
+def test_semi_structured_names_a_factor_that_is_not_two_four():
+    W = torch.randn(16, 32, generator=torch.Generator().manual_seed(8))
+    result = factorize(W, "magnitude", density=0.6)  # unstructured: some group of 4 keeps 3 or 4
+    with pytest.warns(UserWarning, match=r"factor 0 \(16, 32\) stays CSR: it is not 2:4"):
+        result.to_module(semi_structured=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_semi_structured_runs_two_four_factors_on_the_gpu():
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("sparse tensor cores need compute capability 8.0+")
+    result = _two_four_layer(torch.float16, "cuda")
+    module = result.to_module(semi_structured=True)
+    assert all(isinstance(f, torch.sparse.SparseSemiStructuredTensor) for f in module.factors)
+    x = torch.randn(32, 128, device="cuda", dtype=torch.float16)
+    torch.testing.assert_close(module(x), x @ result.to_matrix().T, rtol=2e-2, atol=2e-2)
