@@ -14,6 +14,7 @@ from dsf_core.methods._common import PATTERNS
 from . import figures, method_settings
 from .jobs import Report
 from .messages import USER_ERRORS, plain_message
+from .numbers import readable
 
 GRAM_METHODS = tuple(name for name in METHODS if method_settings.reads_gram(name))
 UNSTRUCTURED = PATTERNS[0]
@@ -126,7 +127,7 @@ def _run_grid(target, densities, methods, *, aware, quick, device, report, patte
 
 def progress_text(rows: Sequence[Row], total: int) -> str:
     """A one-line account of a running comparison, e.g. ``2 of 7 done: dsf 0.304, svd 0.539``."""
-    last = [f"{r.method} at {r.density:.2f}: " + (f"{r.error:.3f}" if r.ok else "no result") for r in rows[-4:]]
+    last = [f"{r.method} at {r.density:.2f}: " + (readable(r.error) if r.ok else "no result") for r in rows[-4:]]
     done = ", ".join(last)
     return f"{len(rows)} of {total} done" + (f"; last: {done}" if rows else "")
 
@@ -140,7 +141,7 @@ def best(rows: Sequence[Row], attribute: str) -> Row | None:
 def winners(rows: Sequence[Row]) -> str:
     """Which method has the lowest error of each kind, in words (Markdown)."""
     found = [
-        f"lowest {what}: **{row.method}** ({getattr(row, attribute):.4f})"
+        f"lowest {what}: **{row.method}** ({readable(getattr(row, attribute))})"
         for what, attribute in [("relative error", "error"), ("output error", "output_error")]
         if (row := best(rows, attribute)) is not None
     ]

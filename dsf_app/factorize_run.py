@@ -14,6 +14,7 @@ from dsf_core.compress import with_factorized_layer
 from dsf_core.plan import automatic_options
 
 from . import job_results, layer_stats, method_settings
+from .numbers import readable
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -154,10 +155,10 @@ def summary_rows(outcome: Outcome) -> list[dict]:
     # the app holds weights in float32: round-off at that precision
     original_rank = layer_stats.numerical_rank(outcome.original_values, max(result.shape), torch.float32)
     rows = [
-        ("Relative error", f"{outcome.relative_error:.4g}", "0"),
+        ("Relative error", readable(outcome.relative_error), "0"),
         (
             "Output error (calibration inputs)",
-            "-" if outcome.output_error is None else f"{outcome.output_error:.4g}",
+            readable(outcome.output_error),
             "0",
         ),
         ("Parameters", f"{result.n_params:,} ({result.n_params / dense['n_params']:.1%})", f"{dense['n_params']:,}"),

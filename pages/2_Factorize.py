@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dsf_app import factorize_run as fr
-from dsf_app import figures, job_results, jobs, layer_stats, method_settings, session, state
+from dsf_app import figures, job_results, jobs, layer_stats, method_settings, numbers, session, state
 from dsf_app.figures import downsample
 from dsf_app.messages import plain_message
 from dsf_core import METHODS
@@ -109,7 +109,7 @@ def draw_live(job: jobs.Job) -> None:
     if history:
         figure = figures.convergence(history, "Convergence so far")
         st.plotly_chart(figure, key="fact_live_convergence", width="stretch")
-        st.caption(f"{steps_text(len(history))} so far; latest objective {history[-1]:.4g}.")
+        st.caption(f"{steps_text(len(history))} so far; latest objective {numbers.readable(history[-1])}.")
     elif job.fraction is not None:
         st.caption(f"The first step is under way ({job.fraction:.0%} of the run done); its objective comes when it ends.")
 
@@ -134,12 +134,12 @@ def draw_metrics(outcome: fr.Outcome) -> None:
     result = outcome.result
     dense = fr.dense_sizes(result.shape, result.factors[0].element_size())
     first = st.columns(4)
-    first[0].metric("Relative error", f"{outcome.relative_error:.4g}", help="||W - W_hat||_F / ||W||_F")
+    first[0].metric("Relative error", numbers.readable(outcome.relative_error), help="||W - W_hat||_F / ||W||_F")
     if outcome.output_error is None:
         first[1].metric("Output error", "-", help="Needs calibration inputs.")
     else:
         help_text = "sqrt(tr(D G D^T) / tr(W G W^T)), D = W - W_hat"
-        first[1].metric("Output error", f"{outcome.output_error:.4g}", help=help_text)
+        first[1].metric("Output error", numbers.readable(outcome.output_error), help=help_text)
     share = f"{result.n_params / dense['n_params']:.1%} of dense"
     first[2].metric("Parameters", f"{result.n_params:,}", share, delta_color="off", delta_arrow="off")
     first[3].metric("Bytes", f"{result.n_bytes:,}", f"dense: {dense['n_bytes']:,}", delta_color="off", delta_arrow="off",
@@ -157,7 +157,7 @@ def draw_metrics(outcome: fr.Outcome) -> None:
             "(activation-weighted error with the undamped Gram), whichever objective the run used."
         )
     with st.expander("All numbers, beside the dense matrix's"):
-        st.dataframe(pd.DataFrame(fr.summary_rows(outcome)), hide_index=True, width="stretch")
+        numbers.table(pd.DataFrame(fr.summary_rows(outcome)))
         st.caption("What the method reports about its run:")
         st.dataframe(pd.DataFrame({"item": list(result.info), "value": [str(v) for v in result.info.values()]}),
                      hide_index=True, width="stretch")
@@ -269,11 +269,11 @@ def draw_in_model(outcome: fr.Outcome, key: tuple) -> None:
     dense = session.dense_metrics(choice)
     better = "higher" if bundle.higher_is_better else "lower"
     columns = st.columns(3)
-    columns[0].metric(f"{name.replace('_', ' ')}, dense model", f"{dense[name]:.4g}")
-    columns[1].metric(f"with {layer_name} factorized", f"{metrics[name]:.4g}", f"{metrics[name] - dense[name]:+.3g}",
+    columns[0].metric(f"{name.replace('_', ' ')}, dense model", numbers.readable(dense[name], 4))
+    columns[1].metric(f"with {layer_name} factorized", numbers.readable(metrics[name], 4), f"{metrics[name] - dense[name]:+.3g}",
                       delta_color="normal" if bundle.higher_is_better else "inverse")
     columns[2].metric("Other layers", "dense")
-    others = ", ".join(f"{k} {metrics[k]:.4g} (dense {dense[k]:.4g})" for k in metrics if k != name and k in dense)
+    others = ", ".join(f"{k} {numbers.readable(metrics[k], 4)} (dense {numbers.readable(dense[k], 4)})" for k in metrics if k != name and k in dense)
     st.caption(f"{better.capitalize()} is better. " + (f"Also: {others}." if others else ""))
 
 
@@ -284,7 +284,7 @@ def draw_history(cache: dict) -> None:
         return
     st.subheader(f"Runs on this matrix ({len(runs)})")
     rows = [fr.history_row(key, outcome) for key, outcome in runs]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    numbers.table(pd.DataFrame(rows))
     curves = {row["run"]: outcome.result.history for row, (_, outcome) in zip(rows, runs) if len(outcome.result.history) > 1}
     if curves:
         st.plotly_chart(figures.convergence_overlay(curves), key="fact_history_curves", width="stretch")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dsf_app import comparison, job_results, jobs, session, state
+from dsf_app import comparison, job_results, jobs, numbers, session, state
 from dsf_core import METHODS
 from dsf_core.methods._common import PATTERNS
 from dsf_core.plan import budget
@@ -86,7 +86,7 @@ key = (target.key, density, *options)
 
 
 def table(rows):
-    st.dataframe(comparison.table(rows, with_output_error=has_gram), hide_index=True, width="stretch")
+    numbers.table(comparison.table(rows, with_output_error=has_gram))
     if comparison.best(rows, "error"):
         st.markdown(comparison.winners(rows))
 

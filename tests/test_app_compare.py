@@ -47,7 +47,7 @@ def test_table_equals_direct_factorizations_and_is_cached(layer):
         assert row["device"] == "cpu"
     best = table["relative error"].idxmin()
     (summary,) = [m.value for m in at.markdown if m.value.startswith("Best here")]
-    assert f"lowest relative error: **{best}** ({table['relative error'][best]:.4f})" in summary
+    assert f"lowest relative error: **{best}** ({table['relative error'][best]:.3g})" in summary
     # leaving the density and coming back shows the cached table, without a new job
     at.slider(key="_density_slider").set_value(0.2).run()
     assert not at.dataframe
