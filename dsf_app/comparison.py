@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from dsf_core import METHODS, BudgetError, factorize
+from dsf_core import METHODS, BudgetError, Factorization, factorize
 from dsf_core.methods._common import PATTERNS
 
 from . import figures, method_settings
@@ -37,6 +37,7 @@ class Row:
     seconds: float | None = None
     device: str = ""
     note: str = ""
+    result: Factorization | None = field(default=None, repr=False, compare=False)  # to try it in the model
 
     @property
     def ok(self) -> bool:
@@ -91,26 +92,26 @@ def run_one(target, method: str, density: float, *, aware: bool, quick: bool, de
     note = "; ".join(notes)
     return Row(
         method, density, result.error(target.matrix), output_error, result.n_params, result.n_bytes,
-        result.flops, result.seconds, str(result.device), note,
+        result.flops, result.seconds, str(result.device), note, result,
     )
 
 
 def run_all(target, density: float, methods: Sequence[str], *, aware: bool, quick: bool, device,
             report: Report | None = None, pattern: str = UNSTRUCTURED) -> list[Row]:
     """Each of ``methods`` on ``target`` at ``density``; stops early (with the rows done) when
-    ``report`` returns False."""
+    ``report`` returns False. Each row keeps its factorization (to try it in the model)."""
     return _run_grid(target, [density], methods, aware=aware, quick=quick, device=device, report=report,
-                     pattern=pattern)
+                     pattern=pattern, keep_results=True)
 
 
 def sweep(target, densities: Sequence[float], methods: Sequence[str], *, aware: bool, quick: bool, device,
           report: Report | None = None, pattern: str = UNSTRUCTURED) -> list[Row]:
-    """Each of ``methods`` at each of ``densities`` (in increasing order)."""
+    """Each of ``methods`` at each of ``densities`` (in increasing order); the rows keep no factors."""
     return _run_grid(target, sorted(densities), methods, aware=aware, quick=quick, device=device, report=report,
-                     pattern=pattern)
+                     pattern=pattern, keep_results=False)
 
 
-def _run_grid(target, densities, methods, *, aware, quick, device, report, pattern) -> list[Row]:
+def _run_grid(target, densities, methods, *, aware, quick, device, report, pattern, keep_results) -> list[Row]:
     rows, total = [], len(densities) * len(methods)
     keep_going = (lambda *_: True) if report is None else report
     for density in densities:
@@ -119,7 +120,7 @@ def _run_grid(target, densities, methods, *, aware, quick, device, report, patte
                           callback=lambda step, objective: keep_going(), pattern=pattern)
             if row is None:
                 return rows
-            rows.append(row)
+            rows.append(row if keep_results else replace(row, result=None))
             if not keep_going(row, len(rows) / total):
                 return rows
     return rows
@@ -148,8 +149,9 @@ def winners(rows: Sequence[Row]) -> str:
     return "Best here: " + "; ".join(found) + "."
 
 
-def table(rows: Sequence[Row], *, with_output_error: bool) -> pd.DataFrame:
-    """The comparison table: numbers where a method ran, a plain reason where it did not."""
+def table(rows: Sequence[Row], *, with_output_error: bool, in_model: tuple[str, dict] | None = None) -> pd.DataFrame:
+    """The comparison table: numbers where a method ran, a plain reason where it did not;
+    ``in_model``: a column's name and its value per method (the model with that method's layer)."""
     columns = {
         "method": [r.method for r in rows],
         "relative error": [r.error for r in rows],
@@ -163,6 +165,10 @@ def table(rows: Sequence[Row], *, with_output_error: bool) -> pd.DataFrame:
     }
     if not with_output_error:
         del columns["output error"]
+    if in_model is not None:
+        name, values = in_model
+        columns = {**dict(list(columns.items())[:3 if with_output_error else 2]),
+                   name: [values.get(r.method) for r in rows], **columns}
     return pd.DataFrame(columns)
 
 

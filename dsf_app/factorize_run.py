@@ -10,7 +10,6 @@ import torch
 
 import dsf_core
 from dsf_core import METHODS, Factorization, Option
-from dsf_core.compress import with_factorized_layer
 from dsf_core.plan import automatic_options
 
 from . import job_results, layer_stats, method_settings
@@ -123,12 +122,6 @@ def run(
         **options,
     )
     return summarize(result, matrix, gram)
-
-
-def model_metrics(bundle, layer_name: str, result: Factorization) -> dict:
-    """The model's evaluation with layer ``layer_name`` alone replaced by ``result`` (on a copy)."""
-    model = with_factorized_layer(bundle.model, layer_name, result)
-    return {name: float(value) for name, value in bundle.evaluate(model).items()}
 
 
 # --- the cache key -----------------------------------------------------------------------------

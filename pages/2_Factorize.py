@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dsf_app import factorize_run as fr
-from dsf_app import figures, job_results, jobs, layer_stats, method_settings, numbers, session, state
+from dsf_app import figures, in_model, job_results, jobs, layer_stats, method_settings, numbers, session, state
 from dsf_app.figures import downsample
 from dsf_app.messages import plain_message
 from dsf_core import METHODS
@@ -246,35 +246,30 @@ def draw_convergence(outcome: fr.Outcome) -> None:
 
 
 def draw_in_model(outcome: fr.Outcome, key: tuple) -> None:
-    """The what-if at model level: this one layer swapped into a copy of the model, evaluated."""
+    """The what-if at model level (see dsf_app.in_model)."""
     st.subheader("In the model")
-    if target.key[0] == "synthetic":
-        st.caption("A synthetic matrix belongs to no model: choose a model layer to try it in the model.")
+    found = in_model.model_layer(target)
+    if found is None:
         return
-    choice, layer_name = target.key[:2]  # a lazy layer's key also says whether its Gram was read
-    if session.is_lazy(choice) and not session.whole_model_allowed("Trying the layer in the model loads the whole model"):
-        return
+    choice, layer_name = found
     bundle = session.current_bundle()
-    store = st.session_state.setdefault(MODEL_METRICS, {})
-    metrics = job_results.recall(store, key)
-    name = bundle.metric_name
+    name, label = bundle.metric_name, in_model.metric_label(bundle)
+    metrics = in_model.cached_metrics(MODEL_METRICS, key)
     if metrics is None:
         st.caption(f"Swap this factorized layer into a copy of {choice.label} (every other layer dense) and "
-                   f"measure its {name.replace('_', ' ')}.")
+                   f"measure its {label}.")
         if not st.button("Try in the model", key="fact_try", icon=":material/model_training:"):
             return
         with st.spinner("Evaluating the model with this layer factorized..."):
-            metrics = fr.model_metrics(bundle, layer_name, outcome.result)
-        job_results.remember(store, key, metrics)
+            metrics = in_model.measure(MODEL_METRICS, key, bundle, layer_name, outcome.result)
     dense = session.dense_metrics(choice)
-    better = "higher" if bundle.higher_is_better else "lower"
     columns = st.columns(3)
-    columns[0].metric(f"{name.replace('_', ' ')}, dense model", numbers.readable(dense[name], 4))
+    columns[0].metric(f"{label}, dense model", numbers.readable(dense[name], 4))
     columns[1].metric(f"with {layer_name} factorized", numbers.readable(metrics[name], 4), f"{metrics[name] - dense[name]:+.3g}",
                       delta_color="normal" if bundle.higher_is_better else "inverse")
     columns[2].metric("Other layers", "dense")
     others = ", ".join(f"{k} {numbers.readable(metrics[k], 4)} (dense {numbers.readable(dense[k], 4)})" for k in metrics if k != name and k in dense)
-    st.caption(f"{better.capitalize()} is better. " + (f"Also: {others}." if others else ""))
+    st.caption(in_model.better_text(bundle) + (f" Also: {others}." if others else ""))
 
 
 def draw_history(cache: dict) -> None:
