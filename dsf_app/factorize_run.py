@@ -113,14 +113,18 @@ def run(
     device: torch.device,
     callback: Callable[[int, float], bool] | None = None,
     heartbeat: Callable[[int, float], bool] | None = None,
+    on_stop: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Factorize ``weight`` (activation-aware with the damped ``gram`` if ``aware``) and summarize
-    it against ``matrix`` and the undamped ``gram``; ``callback`` and ``heartbeat`` as ``factorize``'s."""
+    it against ``matrix`` and the undamped ``gram``; ``callback`` and ``heartbeat`` as ``factorize``'s.
+    ``on_stop(steps)`` is told when a run stopped early, before the summary (singular values) is computed."""
     fit_gram = method_settings.fit_gram(gram, method, aware)
     result = dsf_core.factorize(
         weight, method, density=density, gram=fit_gram, device=device, callback=callback, heartbeat=heartbeat,
         **options,
     )
+    if on_stop is not None and result.info.get("stopped_early"):
+        on_stop(len(result.history))
     return summarize(result, matrix, gram)
 
 

@@ -118,6 +118,10 @@ def steps_text(count: int) -> str:
     return f"{count} step" + ("" if count == 1 else "s")
 
 
+def stopped_text(steps: int) -> str:
+    return "Stopped during the first step" if steps == 0 else f"Stopped after {steps_text(steps)}"
+
+
 def collect_finished_job(cache: dict) -> None:
     """Move the result of a job that just ended into the cache (or keep its error to show)."""
     job = job_results.take_once(JOB)
@@ -287,10 +291,8 @@ def draw_history(cache: dict) -> None:
 
 def draw_outcome(outcome: fr.Outcome, key: tuple) -> None:
     if outcome.stopped:
-        if outcome.steps == 0:
-            st.info("Stopped during the first step: below are the factors it started from.")
-        else:
-            st.info(f"Stopped after {steps_text(outcome.steps)}: below is what it had reached.")
+        reached = "are the factors it started from" if outcome.steps == 0 else "is what it had reached"
+        st.info(f"{stopped_text(outcome.steps)}: below {reached}.")
     draw_metrics(outcome)
     draw_in_model(outcome, key)
     draw_factors(outcome)
@@ -312,7 +314,7 @@ def start_run(key: tuple, method: str, options: dict, aware: bool) -> None:
 
         return fr.run(
             weight, matrix, gram, method, options, density=density, aware=aware, device=device, callback=callback,
-            heartbeat=heartbeat,
+            heartbeat=heartbeat, on_stop=lambda steps: job.halt(f"{stopped_text(steps)}; measuring what it reached..."),
         )
 
     job = job_results.start(JOB, key, work, f"{method} on {target.label}")

@@ -173,9 +173,60 @@ def test_a_link_and_a_reload_restore_the_choices_and_no_request_leaves_the_machi
         expect(tab.get_by_role("combobox", name="Method")).to_have_value("magnitude")
         expect(tab.get_by_text("Model: tiny-lm", exact=False).first).to_be_visible()
         _assert_no_errors(tab)
-        tab.set_viewport_size({"width": 800, "height": 1000})
-        settle(tab)
-        tab.screenshot(path=str(screenshots / "factorize_800px.png"))
+        _check_a_narrow_window(tab, screenshots)
     finally:
         tab.close()
     assert outside == [], f"requests left the machine: {outside[:5]}"
+
+
+def _check_a_narrow_window(tab, screenshots) -> None:
+    """At 800 px: a narrower sidebar, every metric's label and value whole (no "177,..."), and the
+    heatmaps one per row, each wide enough to read."""
+    tab.set_viewport_size({"width": 800, "height": 1000})
+    settle(tab)
+    assert tab.get_by_test_id("stSidebar").evaluate("e => e.getBoundingClientRect().width") <= 240
+    tab.get_by_role("button", name="Factorize", exact=True).click()
+    expect(tab.get_by_text("Steps run", exact=True)).to_be_visible()
+    settle(tab)
+    metrics = tab.locator('[data-testid="stMetricValue"], [data-testid="stMetricLabel"]')
+    cut = metrics.evaluate_all(
+        "es => es.flatMap(e => [e, ...e.querySelectorAll('*')]).filter(e => e.scrollWidth > e.clientWidth)"
+        ".map(e => e.innerText)"
+    )
+    assert metrics.count() >= 16 and cut == [], f"cut off at 800 px: {cut}"
+    tab.get_by_text("Relative error", exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+    tab.wait_for_timeout(300)
+    tab.screenshot(path=str(screenshots / "factorize_800px.png"))
+    _scroll_to_heading(tab, "Original, approximation and error")
+    heatmaps = tab.locator(".js-plotly-plot", has_text="colour scale")
+    expect(heatmaps.nth(2)).to_be_visible()  # original, approximation, error: drawn once in view
+    widths = heatmaps.evaluate_all("es => es.map(e => e.getBoundingClientRect().width)")
+    assert len(widths) == 3 and min(widths) > 300, f"heatmap widths at 800 px: {widths}"
+
+
+def test_stop_acts_within_a_second_on_a_2048_matrix(page, server):
+    """The largest matrix the page accepts (synthetic 2048 x 2048) under DSF:
+    Stop is said to have acted within a second of the click."""
+    page.goto(f"{server}/Factorize")  # a new session
+    expect(page.get_by_role("heading", name="Factorize").first).to_be_visible()
+    settle(page)
+    page.get_by_text("Synthetic matrix", exact=True).click()
+    settle(page)
+    for label in ("Rows m", "Columns n"):
+        page.get_by_label(label).fill("2048")
+        page.get_by_label(label).press("Enter")
+        settle(page)
+    expect(page.get_by_text("synthetic 2048 x 2048").first).to_be_visible()
+    _choose(page, "Method", "dsf")
+    page.get_by_role("button", name="Factorize", exact=True).click()
+    expect(page.get_by_test_id("stProgress")).to_be_visible()
+    stop = page.get_by_role("button", name="Stop")
+    start = time.monotonic()
+    stop.click()
+    expect(page.get_by_text(re.compile(r"^Stopped (during the first step|after \d+ steps?)")).first).to_be_visible()
+    seconds = time.monotonic() - start
+    print(f"\nStop on DSF 2048 x 2048: the page said it stopped {seconds:.2f} s after the click")
+    assert seconds < 1.0
+    expect(page.get_by_text(re.compile(r"below (is what it had reached|are the factors it started from)"))).to_be_visible()
+    settle(page)
+    _assert_no_errors(page)
