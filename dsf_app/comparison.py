@@ -156,6 +156,11 @@ def table(rows: Sequence[Row], *, with_output_error: bool, in_model: tuple[str, 
         "method": [r.method for r in rows],
         "relative error": [r.error for r in rows],
         "output error": [r.output_error for r in rows],
+    }
+    if in_model is not None:
+        name, values = in_model
+        columns[name] = [values.get(r.method) for r in rows]
+    columns |= {
         "parameters": [r.n_params for r in rows],
         "bytes": [r.n_bytes for r in rows],
         "FLOPs": [r.flops for r in rows],
@@ -165,10 +170,6 @@ def table(rows: Sequence[Row], *, with_output_error: bool, in_model: tuple[str, 
     }
     if not with_output_error:
         del columns["output error"]
-    if in_model is not None:
-        name, values = in_model
-        columns = {**dict(list(columns.items())[:3 if with_output_error else 2]),
-                   name: [values.get(r.method) for r in rows], **columns}
     return pd.DataFrame(columns)
 
 

@@ -68,6 +68,10 @@ class Job:
         self.halted_text = text
         self._halted.set()
 
+    def wait_for_halt(self, timeout: float) -> bool:
+        """Block until the work says it stopped computing (see :meth:`halt`), at most ``timeout`` s."""
+        return self._halted.wait(timeout)
+
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
@@ -114,7 +118,7 @@ def show_running(key: str, draw_progress: Callable[[Job], None]) -> bool:
             st.progress(job.fraction, text=text)
         if not job.stopped and st.button("Stop", key=f"{key}_stop", type="secondary", icon=":material/stop:"):
             job.stop()
-            job._halted.wait(STOP_WAIT_SECONDS)  # a solver honours Stop within a step: say it stopped at once
+            job.wait_for_halt(STOP_WAIT_SECONDS)  # a solver honours Stop within a step: say it stopped at once
         if job.stopped:
             st.info(job.halted_text or "Stopping at the next step...")
         draw_progress(job)
