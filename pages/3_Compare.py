@@ -96,10 +96,14 @@ def try_in_model(rows) -> tuple[str, dict] | None:
     choice, layer_name = found
     measured = {row.method: in_model.cached_metrics(MODEL_METRICS, (key, row.method)) for row in ran}
     if None in measured.values():
-        st.caption(f"Swap each method's factorized layer into a copy of {choice.label} (every other layer dense) "
-                   "and measure the model: one evaluation per method.")
-        if not st.button("Try each in the model", key="cmp_try", icon=":material/model_training:"):
+        ask = st.empty()  # the offer, gone once taken
+        with ask.container():
+            st.caption(f"Swap each method's factorized layer into a copy of {choice.label} (every other layer dense) "
+                       "and measure the model: one evaluation per method.")
+            clicked = st.button("Try each in the model", key="cmp_try", icon=":material/model_training:")
+        if not clicked:
             return None
+        ask.empty()
         bundle = session.current_bundle()
         with st.spinner(f"Evaluating the model with {layer_name} factorized by each method..."):
             measured = {row.method: in_model.measure(MODEL_METRICS, (key, row.method), bundle, layer_name, row.result)
@@ -117,7 +121,9 @@ def table(rows):
     slot = st.container()  # the table above the button that adds its model column
     measured = try_in_model(rows)
     with slot:
-        numbers.table(comparison.table(rows, with_output_error=has_gram, in_model=measured))
+        # a table with the model column is a new element: the grid keeps a redrawn table's column formats
+        numbers.table(comparison.table(rows, with_output_error=has_gram, in_model=measured),
+                      key="cmp_table_in_model" if measured else "cmp_table")
         if comparison.best(rows, "error"):
             st.markdown(comparison.winners(rows))
 
