@@ -5,11 +5,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dsf_app import session, state
+from dsf_app import numbers, session, state
 from dsf_app.messages import or_stop, plain_message
 from dsf_core.layers import list_layers
 from dsf_core.limits import human_bytes
 from dsf_core.models import BUILTIN_MODELS
+from dsf_core.models.loaders import check_torchvision_classifier
 
 session.setup_page("Home")
 st.title("DSF Explorer")
@@ -29,49 +30,75 @@ SOURCES = {
 }
 
 
+class Blamed(Exception):
+    """A load failure and the key of the control whose value caused it."""
+
+    def __init__(self, control: str, cause: BaseException):
+        super().__init__(plain_message(cause))
+        self.control = control
+
+
+def blame(control: str, function, *args):
+    """``function(*args)``; a failure is blamed on the control ``control``."""
+    try:
+        return function(*args)
+    except Exception as exc:  # the user's file, path or form: said under that control
+        raise Blamed(control, exc) from exc
+
+
+# the control blamed when a model of each source fails to load (its file, directory or name)
+LOADED_FROM = {"builtin": "home_builtin", "torchvision": "home_tv_path", "hf": "home_hf_path", "checkpoint": "home_upload"}
+
+
 def load(make_choice) -> None:
     """Make the model ``make_choice()`` names the model of every page, if it loads; otherwise
-    keep the current one and remember why, for :func:`load_error` to show beside the control.
-    A widget callback, so the whole page (and the sidebar) is then drawn for the new model."""
+    keep the current one and remember why and which control caused it, for :func:`load_error` to
+    show under that control. A widget callback, so the whole page (and the sidebar) is then drawn
+    for the new model."""
     st.session_state.home_load_error = None
     try:
         choice = make_choice()
-        session.cached_model(choice)  # a big Hugging Face checkpoint: its headers only
-    except Exception as exc:  # a failure to load is the user's file, path or form: say so, keep going
-        st.session_state.home_load_error = (st.session_state.home_source, plain_message(exc))
+        blame(LOADED_FROM[choice.kind], session.cached_model, choice)  # a big Hugging Face checkpoint: its headers only
+    except Blamed as failed:
+        st.session_state.home_load_error = (failed.control, str(failed))
         return
     state.switch_model(st.session_state.model_choice.label, choice.label)
     st.session_state.model_choice = choice
 
 
-def load_error(source: str) -> None:
-    """Why the last load from ``source`` failed, in plain words, under its controls."""
+def load_error(control: str) -> None:
+    """Why the last load failed, in plain words, right under ``control`` if it caused it."""
     failed = st.session_state.get("home_load_error")
-    if failed and failed[0] == source:
+    if failed and failed[0] == control:
         st.error(f"Could not load the model: {failed[1]}")
 
 
 def torchvision_choice() -> session.ModelChoice:
     state = st.session_state
-    shape = session.parse_input_shape(state.home_tv_shape)
+    arch = state.home_tv_arch.strip()
+    blame("home_tv_arch", check_torchvision_classifier, arch)
+    shape = blame("home_tv_shape", session.parse_input_shape, state.home_tv_shape)
     path = state.home_tv_path.strip()
     classes = int(state.home_tv_classes) or None
-    return session.ModelChoice("torchvision", state.home_tv_arch.strip(), path, classes, shape, session.file_version(path))
+    return session.ModelChoice("torchvision", arch, path, classes, shape, session.file_version(path))
 
 
 def hf_choice() -> session.ModelChoice:
     directory = Path(st.session_state.home_hf_path.strip()).expanduser()
     if not directory.is_dir():  # a hub id would make this server download it
-        raise FileNotFoundError(f"No such directory on this server: '{directory}'.")
+        raise Blamed("home_hf_path", FileNotFoundError(f"No such directory on this server: '{directory}'."))
     return session.ModelChoice("hf", path=str(directory), version=session.file_version(str(directory)))
 
 
 def upload_choice() -> session.ModelChoice:
     state = st.session_state
     upload = state.home_upload
-    shape = session.parse_input_shape(state.home_up_shape)
-    path = session.save_upload(upload.name, upload.getvalue())
-    return session.ModelChoice("checkpoint", state.home_up_arch.strip(), str(path), int(state.home_up_classes) or None, shape)
+    arch = state.home_up_arch.strip()
+    if arch:
+        blame("home_up_arch", check_torchvision_classifier, arch)
+    shape = blame("home_up_shape", session.parse_input_shape, state.home_up_shape)
+    path = blame("home_upload", session.save_upload, upload.name, upload.getvalue())
+    return session.ModelChoice("checkpoint", arch, str(path), int(state.home_up_classes) or None, shape)
 
 
 left, right = st.columns([2, 1])
@@ -96,20 +123,22 @@ with left:
             key="home_builtin",
             on_change=lambda: load(lambda: session.ModelChoice("builtin", st.session_state.home_builtin)),
         )
-        load_error(source)
+        load_error("home_builtin")
     elif source == "torchvision":
         arch = st.text_input("Architecture (e.g. resnet18)", persist_state="session", key="home_tv_arch")
+        load_error("home_tv_arch")
         path = st.text_input("Weights file on this server (a state dict: .pth, .pt or .safetensors)", persist_state="session", key="home_tv_path")
+        load_error("home_tv_path")
         classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, persist_state="session", key="home_tv_classes")
         shape = st.text_input("Input shape (channels, height, width)", "3, 224, 224", persist_state="session", key="home_tv_shape")
+        load_error("home_tv_shape")
         st.button("Load", key="home_tv_load", disabled=not (arch and path), on_click=load, args=(torchvision_choice,))
-        load_error(source)
     elif source == "hf":
         if current.kind == "hf":
             st.session_state.setdefault("home_hf_path", current.path)
         path = st.text_input("Model directory on this server (config.json + .safetensors)", persist_state="session", key="home_hf_path")
+        load_error("home_hf_path")
         st.button("Load", key="home_hf_load", disabled=not path, on_click=load, args=(hf_choice,))
-        load_error(source)
     else:
         st.caption(
             f"A state dict of a torchvision architecture (read without unpickling code: safetensors or "
@@ -117,11 +146,17 @@ with left:
             f"trust); at most {session.MAX_UPLOAD_MB} MB."
         )
         upload = st.file_uploader("Checkpoint", type=["pt", "pth", "safetensors"], key="home_upload")
+        empty = upload is not None and upload.size == 0
+        if empty:  # said at once: there is nothing to load
+            st.error(f"'{upload.name}' is empty (0 bytes): expected a checkpoint file.")
+        else:
+            load_error("home_upload")
         arch = st.text_input("torchvision architecture of a state dict (empty for TorchScript)", persist_state="session", key="home_up_arch")
+        load_error("home_up_arch")
         classes = st.number_input("Number of classes (0: the architecture's default)", 0, 100_000, 0, persist_state="session", key="home_up_classes")
         shape = st.text_input("Input shape (channels, height, width)", "3, 224, 224", persist_state="session", key="home_up_shape")
-        st.button("Load", key="home_up_load", disabled=upload is None, on_click=load, args=(upload_choice,))
-        load_error(source)
+        load_error("home_up_shape")
+        st.button("Load", key="home_up_load", disabled=upload is None or empty, on_click=load, args=(upload_choice,))
 with right:
     options = [session.CPU, session.CUDA]
     st.radio(
@@ -162,7 +197,7 @@ def lazy_summary(lazy) -> None:
     if session.whole_model_allowed("Evaluating the dense model loads the whole model"):
         bundle = session.current_bundle()
         metrics = or_stop("evaluate the model", session.dense_metrics, session.current_choice())
-        st.metric(bundle.metric_name.replace("_", " "), f"{metrics[bundle.metric_name]:.4g}")
+        st.metric(bundle.metric_name.replace("_", " "), numbers.readable(metrics[bundle.metric_name], 4))
 
 
 model = session.current_model()
@@ -180,7 +215,7 @@ cols = st.columns(4)
 cols[0].metric("Parameters", f"{n_params:,}")
 cols[1].metric("Factorizable layers", len(layers))
 cols[2].metric("In those layers", f"{sum(layer.n_params for layer in layers) / max(n_params, 1):.0%}")
-cols[3].metric(bundle.metric_name.replace("_", " "), f"{metrics[bundle.metric_name]:.4g}")
+cols[3].metric(bundle.metric_name.replace("_", " "), numbers.readable(metrics[bundle.metric_name], 4))
 if not layers:
     st.warning(
         "This model has no layer DSF Explorer can factorize (Linear, ungrouped Conv2d, transformers Conv1D). "
@@ -203,4 +238,4 @@ st.dataframe(
 session.show_skipped_layers(bundle)
 other = {k: v for k, v in metrics.items() if k != bundle.metric_name}
 if other:
-    st.caption("Other measures of the dense model: " + ", ".join(f"{k} = {v:.4g}" for k, v in other.items()))
+    st.caption("Other measures of the dense model: " + ", ".join(f"{k} = {numbers.readable(v, 4)}" for k, v in other.items()))

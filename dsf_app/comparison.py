@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from dsf_core import METHODS, BudgetError, factorize
+from dsf_core import METHODS, BudgetError, Factorization, factorize
 from dsf_core.methods._common import PATTERNS
 
 from . import figures, method_settings
 from .jobs import Report
 from .messages import USER_ERRORS, plain_message
+from .numbers import readable
 
 GRAM_METHODS = tuple(name for name in METHODS if method_settings.reads_gram(name))
 UNSTRUCTURED = PATTERNS[0]
@@ -36,6 +37,7 @@ class Row:
     seconds: float | None = None
     device: str = ""
     note: str = ""
+    result: Factorization | None = field(default=None, repr=False, compare=False)  # to try it in the model
 
     @property
     def ok(self) -> bool:
@@ -90,26 +92,26 @@ def run_one(target, method: str, density: float, *, aware: bool, quick: bool, de
     note = "; ".join(notes)
     return Row(
         method, density, result.error(target.matrix), output_error, result.n_params, result.n_bytes,
-        result.flops, result.seconds, str(result.device), note,
+        result.flops, result.seconds, str(result.device), note, result,
     )
 
 
 def run_all(target, density: float, methods: Sequence[str], *, aware: bool, quick: bool, device,
             report: Report | None = None, pattern: str = UNSTRUCTURED) -> list[Row]:
     """Each of ``methods`` on ``target`` at ``density``; stops early (with the rows done) when
-    ``report`` returns False."""
+    ``report`` returns False. Each row keeps its factorization (to try it in the model)."""
     return _run_grid(target, [density], methods, aware=aware, quick=quick, device=device, report=report,
-                     pattern=pattern)
+                     pattern=pattern, keep_results=True)
 
 
 def sweep(target, densities: Sequence[float], methods: Sequence[str], *, aware: bool, quick: bool, device,
           report: Report | None = None, pattern: str = UNSTRUCTURED) -> list[Row]:
-    """Each of ``methods`` at each of ``densities`` (in increasing order)."""
+    """Each of ``methods`` at each of ``densities`` (in increasing order); the rows keep no factors."""
     return _run_grid(target, sorted(densities), methods, aware=aware, quick=quick, device=device, report=report,
-                     pattern=pattern)
+                     pattern=pattern, keep_results=False)
 
 
-def _run_grid(target, densities, methods, *, aware, quick, device, report, pattern) -> list[Row]:
+def _run_grid(target, densities, methods, *, aware, quick, device, report, pattern, keep_results) -> list[Row]:
     rows, total = [], len(densities) * len(methods)
     keep_going = (lambda *_: True) if report is None else report
     for density in densities:
@@ -118,7 +120,7 @@ def _run_grid(target, densities, methods, *, aware, quick, device, report, patte
                           callback=lambda step, objective: keep_going(), pattern=pattern)
             if row is None:
                 return rows
-            rows.append(row)
+            rows.append(row if keep_results else replace(row, result=None))
             if not keep_going(row, len(rows) / total):
                 return rows
     return rows
@@ -126,7 +128,7 @@ def _run_grid(target, densities, methods, *, aware, quick, device, report, patte
 
 def progress_text(rows: Sequence[Row], total: int) -> str:
     """A one-line account of a running comparison, e.g. ``2 of 7 done: dsf 0.304, svd 0.539``."""
-    last = [f"{r.method} at {r.density:.2f}: " + (f"{r.error:.3f}" if r.ok else "no result") for r in rows[-4:]]
+    last = [f"{r.method} at {r.density:.2f}: " + (readable(r.error) if r.ok else "no result") for r in rows[-4:]]
     done = ", ".join(last)
     return f"{len(rows)} of {total} done" + (f"; last: {done}" if rows else "")
 
@@ -140,19 +142,25 @@ def best(rows: Sequence[Row], attribute: str) -> Row | None:
 def winners(rows: Sequence[Row]) -> str:
     """Which method has the lowest error of each kind, in words (Markdown)."""
     found = [
-        f"lowest {what}: **{row.method}** ({getattr(row, attribute):.4f})"
+        f"lowest {what}: **{row.method}** ({readable(getattr(row, attribute))})"
         for what, attribute in [("relative error", "error"), ("output error", "output_error")]
         if (row := best(rows, attribute)) is not None
     ]
     return "Best here: " + "; ".join(found) + "."
 
 
-def table(rows: Sequence[Row], *, with_output_error: bool) -> pd.DataFrame:
-    """The comparison table: numbers where a method ran, a plain reason where it did not."""
+def table(rows: Sequence[Row], *, with_output_error: bool, in_model: tuple[str, dict] | None = None) -> pd.DataFrame:
+    """The comparison table: numbers where a method ran, a plain reason where it did not;
+    ``in_model``: a column's name and its value per method (the model with that method's layer)."""
     columns = {
         "method": [r.method for r in rows],
         "relative error": [r.error for r in rows],
         "output error": [r.output_error for r in rows],
+    }
+    if in_model is not None:
+        name, values = in_model
+        columns[name] = [values.get(r.method) for r in rows]
+    columns |= {
         "parameters": [r.n_params for r in rows],
         "bytes": [r.n_bytes for r in rows],
         "FLOPs": [r.flops for r in rows],

@@ -10,10 +10,10 @@ import torch
 
 import dsf_core
 from dsf_core import METHODS, Factorization, Option
-from dsf_core.compress import with_factorized_layer
 from dsf_core.plan import automatic_options
 
 from . import job_results, layer_stats, method_settings
+from .numbers import readable
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -113,21 +113,19 @@ def run(
     device: torch.device,
     callback: Callable[[int, float], bool] | None = None,
     heartbeat: Callable[[int, float], bool] | None = None,
+    on_stop: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Factorize ``weight`` (activation-aware with the damped ``gram`` if ``aware``) and summarize
-    it against ``matrix`` and the undamped ``gram``; ``callback`` and ``heartbeat`` as ``factorize``'s."""
+    it against ``matrix`` and the undamped ``gram``; ``callback`` and ``heartbeat`` as ``factorize``'s.
+    ``on_stop(steps)`` is told when a run stopped early, before the summary (singular values) is computed."""
     fit_gram = method_settings.fit_gram(gram, method, aware)
     result = dsf_core.factorize(
         weight, method, density=density, gram=fit_gram, device=device, callback=callback, heartbeat=heartbeat,
         **options,
     )
+    if on_stop is not None and result.info.get("stopped_early"):
+        on_stop(len(result.history))
     return summarize(result, matrix, gram)
-
-
-def model_metrics(bundle, layer_name: str, result: Factorization) -> dict:
-    """The model's evaluation with layer ``layer_name`` alone replaced by ``result`` (on a copy)."""
-    model = with_factorized_layer(bundle.model, layer_name, result)
-    return {name: float(value) for name, value in bundle.evaluate(model).items()}
 
 
 # --- the cache key -----------------------------------------------------------------------------
@@ -154,10 +152,10 @@ def summary_rows(outcome: Outcome) -> list[dict]:
     # the app holds weights in float32: round-off at that precision
     original_rank = layer_stats.numerical_rank(outcome.original_values, max(result.shape), torch.float32)
     rows = [
-        ("Relative error", f"{outcome.relative_error:.4g}", "0"),
+        ("Relative error", readable(outcome.relative_error), "0"),
         (
             "Output error (calibration inputs)",
-            "-" if outcome.output_error is None else f"{outcome.output_error:.4g}",
+            readable(outcome.output_error),
             "0",
         ),
         ("Parameters", f"{result.n_params:,} ({result.n_params / dense['n_params']:.1%})", f"{dense['n_params']:,}"),

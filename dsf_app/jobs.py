@@ -18,6 +18,7 @@ import torch
 from .messages import plain_message
 
 REFRESH_SECONDS = 1.0  # each redraw holds the GIL; faster redraws slow the job itself down several-fold
+STOP_WAIT_SECONDS = 0.8  # how long a Stop click waits for the work to say it stopped (a solver step is shorter)
 
 Report = Callable[..., bool]  # Job.report(item=None, fraction=None): False once the user pressed Stop
 
@@ -34,6 +35,8 @@ class Job:
         self.started = time.perf_counter()
         self._stop = threading.Event()
         self._done = threading.Event()
+        self._halted = threading.Event()
+        self.halted_text: str | None = None  # what the work said when it stopped computing (see halt)
         threads = torch.get_num_threads()
 
         def run():
@@ -58,6 +61,16 @@ class Job:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def halt(self, text: str) -> None:
+        """The work has stopped computing after Stop (it may still be summing up): ``text`` says so
+        on the page at once, before the job ends."""
+        self.halted_text = text
+        self._halted.set()
+
+    def wait_for_halt(self, timeout: float) -> bool:
+        """Block until the work says it stopped computing (see :meth:`halt`), at most ``timeout`` s."""
+        return self._halted.wait(timeout)
 
     @property
     def stopped(self) -> bool:
@@ -103,11 +116,11 @@ def show_running(key: str, draw_progress: Callable[[Job], None]) -> bool:
             st.caption(f":material/hourglass_top: {text}")
         else:
             st.progress(job.fraction, text=text)
-        if job.stopped:
-            st.info("Stopping at the next step...")
-        elif st.button("Stop", key=f"{key}_stop", type="secondary", icon=":material/stop:"):
+        if not job.stopped and st.button("Stop", key=f"{key}_stop", type="secondary", icon=":material/stop:"):
             job.stop()
-            st.info("Stopping at the next step...")
+            job.wait_for_halt(STOP_WAIT_SECONDS)  # a solver honours Stop within a step: say it stopped at once
+        if job.stopped:
+            st.info(job.halted_text or "Stopping at the next step...")
         draw_progress(job)
 
     live()

@@ -195,6 +195,7 @@ DEFAULTS = {"model_choice": ModelChoice("builtin", DEFAULT_MODEL), "device": CPU
 
 
 ICON = Path(__file__).with_name("icon.png")  # the app's favicon, served by this server
+NARROW_STYLE = Path(__file__).with_name("narrow.css")  # the layout of a window 900 px wide or less
 
 # the sidebar's page links (Streamlit's own list would call the Home page "app")
 NAVIGATION = [
@@ -212,6 +213,7 @@ def setup_page(title: str) -> None:
     summary; call first on every page."""
     # the tab's icon is a bundled image: a ':material/...:' one is fetched from fonts.gstatic.com
     st.set_page_config(page_title=f"{title} · DSF Explorer", page_icon=str(ICON), layout="wide")
+    st.html(NARROW_STYLE)  # style only: drawn nowhere on the page
     state.from_url("model_choice", model_from_url, "model")
     state.from_url("layer", str)
     state.from_url("density", state.parse_density)

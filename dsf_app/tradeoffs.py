@@ -306,6 +306,18 @@ def _status(run: Run) -> str:
 
 
 AXES = {"stored_values": "stored values (parameters)", "file_bytes": "checkpoint bytes"}
+# metrics that cannot leave a range: a cosine lies in [-1, 1], a share of agreeing answers in [0, 1]
+METRIC_BOUNDS = {"mean_cosine": (-1.0, 1.0), "ranking_agreement": (-1.0, 1.0), "accuracy": (0.0, 1.0),
+                 "top1_agreement": (0.0, 1.0), "next_token_agreement": (0.0, 1.0)}
+
+
+def metric_bounds(metric_name: str, values: Sequence[float]) -> tuple[float, float] | None:
+    """The range the axis of ``metric_name`` may span: its bounds, from 0 rather than -1 when no
+    value is negative (``None``: the metric is unbounded, e.g. perplexity)."""
+    if metric_name not in METRIC_BOUNDS:
+        return None
+    low, high = METRIC_BOUNDS[metric_name]
+    return (0.0 if low < 0 and min(values, default=0.0) >= 0 else low), high
 
 
 def metric_figure(runs: Sequence[Run], dense: Reference, *, x: str, metric_name: str,
@@ -328,6 +340,10 @@ def metric_figure(runs: Sequence[Run], dense: Reference, *, x: str, metric_name:
     better = "higher" if higher_is_better else "lower"
     title = f"{metric_name} against {AXES[x]} ({better} is better)"
     fig.update_xaxes(tickformat="~s")  # 22.7M, not 22.713215M
+    bounds = metric_bounds(metric_name, [dense.metric, *(run.metric for run in complete)])
+    if bounds is not None:  # autorange stays inside them (a lone point would span 0 to 2)
+        fig.update_yaxes(autorangeoptions=dict(minallowed=bounds[0], maxallowed=bounds[1]))
+        fig.update_traces(cliponaxis=False)  # a marker at the bound is drawn whole
     return figures.layout(fig, title, height=400, xaxis_title=AXES[x], yaxis_title=metric_name)
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from dsf_app import figures, job_results, jobs, layer_stats, session
+from dsf_app import figures, job_results, jobs, layer_stats, numbers, session
 from dsf_core import METHODS
 from dsf_core.models import ModelBundle
 from dsf_core.plan import budget, budget_plan
@@ -93,7 +93,7 @@ def show_singular_values(s: torch.Tensor) -> None:
         k = st.slider("k (top singular values)", 1, s.numel(), start_k, persist_state="session", key=f"insp_k_{m}x{n}")
     cols = st.columns(2)
     cols[0].metric(f"Energy in the top {k}", f"{layer_stats.energy(s, k):.2%}")
-    cols[1].metric(f"Best rank-{k} relative error", f"{layer_stats.eckart_young_error(s, k):.4f}")
+    cols[1].metric(f"Best rank-{k} relative error", numbers.readable(layer_stats.eckart_young_error(s, k)))
     st.caption("Eckart-Young: no rank-k matrix comes closer to W in Frobenius norm than truncated SVD.")
 
 
@@ -138,7 +138,7 @@ def show_plan(spectra: layer_stats.Spectra | None) -> None:
     )
     if spectra is not None and rank > 0:
         error = layer_stats.eckart_young_error(spectra.singular_values, rank)
-        summary += f" SVD keeps rank {rank}: relative error {error:.4f}."
+        summary += f" SVD keeps rank {rank}: relative error {numbers.readable(error)}."
     st.caption(summary)
     impossible = [name for name, p in plan.items() if not p.feasible]
     if impossible:

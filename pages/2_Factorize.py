@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dsf_app import factorize_run as fr
-from dsf_app import figures, job_results, jobs, layer_stats, method_settings, session, state
+from dsf_app import figures, in_model, job_results, jobs, layer_stats, method_settings, numbers, session, state
 from dsf_app.figures import downsample
 from dsf_app.messages import plain_message
 from dsf_core import METHODS
@@ -109,13 +109,17 @@ def draw_live(job: jobs.Job) -> None:
     if history:
         figure = figures.convergence(history, "Convergence so far")
         st.plotly_chart(figure, key="fact_live_convergence", width="stretch")
-        st.caption(f"{steps_text(len(history))} so far; latest objective {history[-1]:.4g}.")
+        st.caption(f"{steps_text(len(history))} so far; latest objective {numbers.readable(history[-1])}.")
     elif job.fraction is not None:
         st.caption(f"The first step is under way ({job.fraction:.0%} of the run done); its objective comes when it ends.")
 
 
 def steps_text(count: int) -> str:
     return f"{count} step" + ("" if count == 1 else "s")
+
+
+def stopped_text(steps: int) -> str:
+    return "Stopped during the first step" if steps == 0 else f"Stopped after {steps_text(steps)}"
 
 
 def collect_finished_job(cache: dict) -> None:
@@ -134,12 +138,12 @@ def draw_metrics(outcome: fr.Outcome) -> None:
     result = outcome.result
     dense = fr.dense_sizes(result.shape, result.factors[0].element_size())
     first = st.columns(4)
-    first[0].metric("Relative error", f"{outcome.relative_error:.4g}", help="||W - W_hat||_F / ||W||_F")
+    first[0].metric("Relative error", numbers.readable(outcome.relative_error), help="||W - W_hat||_F / ||W||_F")
     if outcome.output_error is None:
         first[1].metric("Output error", "-", help="Needs calibration inputs.")
     else:
         help_text = "sqrt(tr(D G D^T) / tr(W G W^T)), D = W - W_hat"
-        first[1].metric("Output error", f"{outcome.output_error:.4g}", help=help_text)
+        first[1].metric("Output error", numbers.readable(outcome.output_error), help=help_text)
     share = f"{result.n_params / dense['n_params']:.1%} of dense"
     first[2].metric("Parameters", f"{result.n_params:,}", share, delta_color="off", delta_arrow="off")
     first[3].metric("Bytes", f"{result.n_bytes:,}", f"dense: {dense['n_bytes']:,}", delta_color="off", delta_arrow="off",
@@ -157,7 +161,7 @@ def draw_metrics(outcome: fr.Outcome) -> None:
             "(activation-weighted error with the undamped Gram), whichever objective the run used."
         )
     with st.expander("All numbers, beside the dense matrix's"):
-        st.dataframe(pd.DataFrame(fr.summary_rows(outcome)), hide_index=True, width="stretch")
+        numbers.table(pd.DataFrame(fr.summary_rows(outcome)))
         st.caption("What the method reports about its run:")
         st.dataframe(pd.DataFrame({"item": list(result.info), "value": [str(v) for v in result.info.values()]}),
                      hide_index=True, width="stretch")
@@ -246,35 +250,30 @@ def draw_convergence(outcome: fr.Outcome) -> None:
 
 
 def draw_in_model(outcome: fr.Outcome, key: tuple) -> None:
-    """The what-if at model level: this one layer swapped into a copy of the model, evaluated."""
+    """The what-if at model level (see dsf_app.in_model)."""
     st.subheader("In the model")
-    if target.key[0] == "synthetic":
-        st.caption("A synthetic matrix belongs to no model: choose a model layer to try it in the model.")
+    found = in_model.model_layer(target)
+    if found is None:
         return
-    choice, layer_name = target.key[:2]  # a lazy layer's key also says whether its Gram was read
-    if session.is_lazy(choice) and not session.whole_model_allowed("Trying the layer in the model loads the whole model"):
-        return
+    choice, layer_name = found
     bundle = session.current_bundle()
-    store = st.session_state.setdefault(MODEL_METRICS, {})
-    metrics = job_results.recall(store, key)
-    name = bundle.metric_name
+    name, label = bundle.metric_name, in_model.metric_label(bundle)
+    metrics = in_model.cached_metrics(MODEL_METRICS, key)
     if metrics is None:
         st.caption(f"Swap this factorized layer into a copy of {choice.label} (every other layer dense) and "
-                   f"measure its {name.replace('_', ' ')}.")
+                   f"measure its {label}.")
         if not st.button("Try in the model", key="fact_try", icon=":material/model_training:"):
             return
         with st.spinner("Evaluating the model with this layer factorized..."):
-            metrics = fr.model_metrics(bundle, layer_name, outcome.result)
-        job_results.remember(store, key, metrics)
+            metrics = in_model.measure(MODEL_METRICS, key, bundle, layer_name, outcome.result)
     dense = session.dense_metrics(choice)
-    better = "higher" if bundle.higher_is_better else "lower"
     columns = st.columns(3)
-    columns[0].metric(f"{name.replace('_', ' ')}, dense model", f"{dense[name]:.4g}")
-    columns[1].metric(f"with {layer_name} factorized", f"{metrics[name]:.4g}", f"{metrics[name] - dense[name]:+.3g}",
+    columns[0].metric(f"{label}, dense model", numbers.readable(dense[name], 4))
+    columns[1].metric(f"with {layer_name} factorized", numbers.readable(metrics[name], 4), f"{metrics[name] - dense[name]:+.3g}",
                       delta_color="normal" if bundle.higher_is_better else "inverse")
     columns[2].metric("Other layers", "dense")
-    others = ", ".join(f"{k} {metrics[k]:.4g} (dense {dense[k]:.4g})" for k in metrics if k != name and k in dense)
-    st.caption(f"{better.capitalize()} is better. " + (f"Also: {others}." if others else ""))
+    others = ", ".join(f"{k} {numbers.readable(metrics[k], 4)} (dense {numbers.readable(dense[k], 4)})" for k in metrics if k != name and k in dense)
+    st.caption(in_model.better_text(bundle) + (f" Also: {others}." if others else ""))
 
 
 def draw_history(cache: dict) -> None:
@@ -284,7 +283,7 @@ def draw_history(cache: dict) -> None:
         return
     st.subheader(f"Runs on this matrix ({len(runs)})")
     rows = [fr.history_row(key, outcome) for key, outcome in runs]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    numbers.table(pd.DataFrame(rows))
     curves = {row["run"]: outcome.result.history for row, (_, outcome) in zip(rows, runs) if len(outcome.result.history) > 1}
     if curves:
         st.plotly_chart(figures.convergence_overlay(curves), key="fact_history_curves", width="stretch")
@@ -292,10 +291,8 @@ def draw_history(cache: dict) -> None:
 
 def draw_outcome(outcome: fr.Outcome, key: tuple) -> None:
     if outcome.stopped:
-        if outcome.steps == 0:
-            st.info("Stopped during the first step: below are the factors it started from.")
-        else:
-            st.info(f"Stopped after {steps_text(outcome.steps)}: below is what it had reached.")
+        reached = "are the factors it started from" if outcome.steps == 0 else "is what it had reached"
+        st.info(f"{stopped_text(outcome.steps)}: below {reached}.")
     draw_metrics(outcome)
     draw_in_model(outcome, key)
     draw_factors(outcome)
@@ -317,7 +314,7 @@ def start_run(key: tuple, method: str, options: dict, aware: bool) -> None:
 
         return fr.run(
             weight, matrix, gram, method, options, density=density, aware=aware, device=device, callback=callback,
-            heartbeat=heartbeat,
+            heartbeat=heartbeat, on_stop=lambda steps: job.halt(f"{stopped_text(steps)}; measuring what it reached..."),
         )
 
     job = job_results.start(JOB, key, work, f"{method} on {target.label}")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dsf_app import comparison, job_results, jobs, session, state
+from dsf_app import comparison, in_model, job_results, jobs, numbers, session, state
 from dsf_core import METHODS
 from dsf_core.methods._common import PATTERNS
 from dsf_core.plan import budget
@@ -82,13 +82,50 @@ def finished_rows(job_key: str, store: dict, made_for: tuple, failed: str, unit:
 st.subheader(f"At density {density:.2f}")
 options = (tuple(methods), aware, quick, str(device), pattern)
 results = st.session_state.setdefault("cmp_results", {})
+MODEL_METRICS = "cmp_model_metrics"  # the model with one compared layer swapped in, by (key, method)
 key = (target.key, density, *options)
 
 
+def try_in_model(rows) -> tuple[str, dict] | None:
+    """Each compared layer swapped into a copy of the model, evaluated once asked for (cached by run):
+    the table's column name and its value per method, or None until then."""
+    ran = [row for row in rows if row.result is not None]
+    found = in_model.model_layer(target) if ran else None
+    if found is None:
+        return None
+    choice, layer_name = found
+    measured = {row.method: in_model.cached_metrics(MODEL_METRICS, (key, row.method)) for row in ran}
+    if None in measured.values():
+        ask = st.empty()  # the offer, gone once taken
+        with ask.container():
+            st.caption(f"Swap each method's factorized layer into a copy of {choice.label} (every other layer dense) "
+                       "and measure the model: one evaluation per method.")
+            clicked = st.button("Try each in the model", key="cmp_try", icon=":material/model_training:")
+        if not clicked:
+            return None
+        ask.empty()
+        bundle = session.current_bundle()
+        with st.spinner(f"Evaluating the model with {layer_name} factorized by each method..."):
+            measured = {row.method: in_model.measure(MODEL_METRICS, (key, row.method), bundle, layer_name, row.result)
+                        for row in ran}
+    bundle = session.current_bundle()
+    dense = session.dense_metrics(choice)
+    st.caption(f"*{in_model.metric_label(bundle)} in the model*: {choice.label} with {layer_name} alone replaced by "
+               f"each method's factors, every other layer dense; {in_model.dense_text(bundle, dense)}. "
+               + in_model.better_text(bundle))
+    name = f"{in_model.metric_label(bundle)} in the model"
+    return name, {method: metrics[bundle.metric_name] for method, metrics in measured.items()}
+
+
 def table(rows):
-    st.dataframe(comparison.table(rows, with_output_error=has_gram), hide_index=True, width="stretch")
-    if comparison.best(rows, "error"):
-        st.markdown(comparison.winners(rows))
+    slot = st.container()  # the table above the button that adds its model column
+    measured = try_in_model(rows)
+    with slot:
+        # a table with the model column is a new element: the grid keeps a redrawn table's column formats
+        numbers.table(comparison.table(rows, with_output_error=has_gram, in_model=measured),
+                      key="cmp_table_in_model" if measured else "cmp_table")
+        if comparison.best(rows, "error"):
+            st.markdown(comparison.winners(rows))
 
 
 if st.button("Run the comparison", key="cmp_run", type="primary", icon=":material/play_arrow:"):

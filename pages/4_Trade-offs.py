@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dsf_app import job_results, jobs, method_settings, session, state, tradeoffs
+from dsf_app import job_results, jobs, method_settings, numbers, session, state, tradeoffs
 from dsf_app.messages import or_stop
 from dsf_core import METHODS
 
@@ -96,7 +96,7 @@ else:
 def show_progress(job):
     done = [item for item in job.progress if item is not None]
     if done:
-        st.caption(f"{len(done)} layers compressed; last: {done[-1].name}, relative error {done[-1].error:.3f}")
+        st.caption(f"{len(done)} layers compressed; last: {done[-1].name}, relative error {numbers.readable(done[-1].error)}")
     elif job.fraction:
         st.caption("The first layers were kept dense (their own density, or a budget too small for the method).")
 
@@ -170,7 +170,7 @@ st.caption(
     "left dense), so they exceed the command line's `n_params_compressed`, which counts the compressed layers' "
     "weights alone; checkpoint bytes are the size of its compressed safetensors file."
 )
-st.dataframe(tradeoffs.runs_table(runs, bundle.metric_name), hide_index=True, width="stretch")
+numbers.table(tradeoffs.runs_table(runs, bundle.metric_name))
 
 by_number = {run.number: run for run in runs}
 number = st.selectbox(

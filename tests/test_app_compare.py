@@ -6,6 +6,7 @@ import torch
 from _apptest import cached_model_state, charts, click_and_wait, open_page, problems, same_state
 from dsf_core import METHODS, damp_gram, factorize
 from dsf_core.calibration import collect_grams
+from dsf_core.compress import compress_model
 from dsf_core.models import load_builtin
 
 LAYER = "convs.2"  # the default layer: the largest of digits-cnn
@@ -47,13 +48,37 @@ def test_table_equals_direct_factorizations_and_is_cached(layer):
         assert row["device"] == "cpu"
     best = table["relative error"].idxmin()
     (summary,) = [m.value for m in at.markdown if m.value.startswith("Best here")]
-    assert f"lowest relative error: **{best}** ({table['relative error'][best]:.4f})" in summary
+    assert f"lowest relative error: **{best}** ({table['relative error'][best]:.3g})" in summary
     # leaving the density and coming back shows the cached table, without a new job
     at.slider(key="_density_slider").set_value(0.2).run()
     assert not at.dataframe
     at.slider(key="_density_slider").set_value(0.3).run()
     assert at.session_state["cmp_job"] is job and at.dataframe[0].value.shape[0] == len(METHODS)
     assert same_state(before, cached_model_state())
+
+
+def test_try_each_in_the_model_equals_compress_model_on_that_layer_alone():
+    methods = ["dsf", "svd", "magnitude"]
+    at = open_page("3_Compare.py")
+    at.multiselect(key="cmp_methods").set_value(methods).run()
+    click_and_wait(at, "cmp_run", "cmp_job")
+    column = "accuracy in the model"
+    assert column not in at.dataframe[0].value.columns  # only on request: one evaluation per method
+    at.button(key="cmp_try").click().run()
+    assert not problems(at) and "cmp_try" not in [button.key for button in at.button]  # the offer is gone once taken
+    table = at.dataframe[0].value.set_index("method")
+    bundle = load_builtin("digits-cnn")
+    for method in methods:
+        one_layer = compress_model(bundle, method, 0.3, layers=LAYER, calibration=0,
+                                   **METHODS[method].presets.get("quick", {}))
+        assert table.loc[method, column] == pytest.approx(one_layer.compressed_metric, rel=1e-6)
+    dense = bundle.evaluate(bundle.model)["accuracy"]
+    assert f"dense model: accuracy {dense:.4g}" in " ".join(c.value for c in at.caption)
+    assert table[column].nunique() > 1  # each method's own layer, not one value repeated
+    measured = at.session_state["cmp_model_metrics"]
+    at.run()  # a later run shows the cached values, without the button
+    assert "cmp_try" not in [button.key for button in at.button]
+    assert list(at.dataframe[0].value[column]) == list(table[column]) and at.session_state["cmp_model_metrics"] is measured
 
 
 def test_sweep_draws_one_line_per_method(layer):

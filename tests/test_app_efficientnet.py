@@ -106,8 +106,8 @@ def test_factorize_a_pointwise_layer_and_the_classifier(app, bundle, pointwise):
     quick = METHODS["dsf"].presets["quick"]
     expected = factorize(kernel, "dsf", density=DENSITY, gram=damp_gram(gram, 0.01), **quick)
     shown = metrics(at)
-    assert float(shown["Relative error"]) == pytest.approx(expected.error(W), rel=1e-3)
-    assert float(shown["Output error"]) == pytest.approx(expected.error(W, gram), rel=1e-3)
+    assert float(shown["Relative error"]) == pytest.approx(expected.error(W), rel=5e-3)  # 3 significant digits
+    assert float(shown["Output error"]) == pytest.approx(expected.error(W, gram), rel=5e-3)  # 3 significant digits
     assert shown["Parameters"] == f"{expected.n_params:,}" and expected.n_params <= int(DENSITY * 24 * 144)
 
     pick_layer(at, CLASSIFIER)
@@ -118,7 +118,7 @@ def test_factorize_a_pointwise_layer_and_the_classifier(app, bundle, pointwise):
     rank = int(DENSITY * 1000 * 1280) // (1000 + 1280)
     S = torch.linalg.svdvals(fc)
     eckart_young = float(S[rank:].square().sum().sqrt() / S.square().sum().sqrt())
-    assert float(metrics(at)["Relative error"]) == pytest.approx(eckart_young, rel=1e-3)
+    assert float(metrics(at)["Relative error"]) == pytest.approx(eckart_young, rel=5e-3)
 
 
 def test_compare_every_method_on_a_pointwise_layer(app, pointwise):

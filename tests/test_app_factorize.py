@@ -72,8 +72,8 @@ def test_dsf_result_matches_the_library_and_is_not_recomputed(layer):
     at = factorize_and_show(page())
     expected = dsf_core.factorize(kernel, "dsf", density=DENSITY, **QUICK_DSF)
     assert not at.error
-    assert float(metric(at, "Relative error")) == pytest.approx(expected.error(matrix), rel=1e-3)
-    assert float(metric(at, "Output error")) == pytest.approx(expected.error(matrix, gram), rel=1e-3)
+    assert float(metric(at, "Relative error")) == pytest.approx(expected.error(matrix), rel=5e-3)  # 3 significant digits
+    assert float(metric(at, "Output error")) == pytest.approx(expected.error(matrix, gram), rel=5e-3)  # 3 significant digits
     assert metric(at, "Parameters") == f"{expected.n_params:,}"
     assert metric(at, "Device") == "cpu"
     keys = chart_keys(at)
@@ -89,7 +89,7 @@ def test_dsf_result_matches_the_library_and_is_not_recomputed(layer):
     at.selectbox(key="fact_method").set_value("magnitude").run()
     at.selectbox(key="fact_method").set_value("dsf").run()
     assert cached(at)[0] is outcome and at.session_state["fact_job"] is job
-    assert metric(at, "Relative error") == f"{outcome.relative_error:.4g}"
+    assert metric(at, "Relative error") == f"{outcome.relative_error:.3g}"
 
 
 def test_svd_shows_the_eckart_young_error(layer):
@@ -104,7 +104,7 @@ def test_svd_shows_the_eckart_young_error(layer):
     S = torch.linalg.svdvals(matrix.double())
     eckart_young = float(S[rank:].square().sum().sqrt() / S.square().sum().sqrt())
     shown = float(metric(at, "Relative error"))
-    assert shown == pytest.approx(eckart_young, rel=1e-3) and shown != pytest.approx(dsf_error, rel=1e-2)
+    assert shown == pytest.approx(eckart_young, rel=5e-3) and shown != pytest.approx(dsf_error, rel=1e-2)
     assert f"numerical rank {rank} of {m}" in chart_spec(at, "fact_spectrum")
 
 
@@ -114,7 +114,7 @@ def test_activation_aware_run_shows_the_output_error_on_calibration_inputs(layer
     at.radio(key="fact_aware").set_value("Activation-aware").run()
     factorize_and_show(at)
     aware = dsf_core.factorize(kernel, "dsf", density=DENSITY, gram=dsf_core.damp_gram(gram, 0.01), **QUICK_DSF)
-    assert float(metric(at, "Output error")) == pytest.approx(aware.error(matrix, gram), rel=1e-3)
+    assert float(metric(at, "Output error")) == pytest.approx(aware.error(matrix, gram), rel=5e-3)
     assert any("output error on the inputs of 64 calibration samples" in c.value for c in at.caption)
 
 
@@ -139,7 +139,7 @@ def test_stop_returns_the_partial_result(layer):
     assert not at.exception and not at.error
     assert outcome.stopped and 0 < outcome.steps < 2000
     assert any(f"Stopped after {outcome.steps} step" in info.value for info in at.info)
-    assert float(metric(at, "Relative error")) == pytest.approx(outcome.result.error(matrix), rel=1e-3)
+    assert float(metric(at, "Relative error")) == pytest.approx(outcome.result.error(matrix), rel=5e-3)
     assert metric(at, "Steps run") == str(outcome.steps)
 
 
@@ -159,6 +159,8 @@ def test_stop_inside_the_first_round_of_a_large_matrix():
     assert job.running and not job.progress, "the first round should still be going"
     assert at.get("progress") and any("first step is under way" in c.value for c in at.caption)
     at.button(key="fact_job_stop").click().run()
+    # the solver's stop is said at once, while the job still measures what it reached (two 2048 x 2048 SVDs)
+    assert job.running and "Stopped during the first step; measuring what it reached..." in [i.value for i in at.info]
     assert job.wait(60)
     at.run()
     (outcome,) = cached(at)

@@ -1,6 +1,7 @@
 """The Home page (app.py) in Streamlit's AppTest: model choice, device, summary, and bad input."""
 
 import io
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -109,23 +110,46 @@ def test_upload_torchvision_state_dict():
     assert len(at.dataframe[0].value) == len(list_layers(model))
 
 
+def error_under(at, control: str) -> str:
+    """The error drawn right after the widget ``control`` (failing if there is none there)."""
+    elements = list(at.main)
+    place = next(i for i, element in enumerate(elements) if getattr(element, "key", None) == control)
+    following = elements[place + 1]
+    assert following.type == "error", (control, following)
+    assert "Traceback" not in following.value and tempfile.gettempdir() not in following.value  # no server paths
+    return following.value
+
+
 @pytest.mark.parametrize(
-    "name, data, arch, shape, message",
+    "name, data, arch, shape, control, message",
     [
-        ("junk.pt", b"not a checkpoint", "", "3, 8, 8", "Could not load the model"),
-        ("empty.pt", b"", "", "3, 8, 8", "empty"),
-        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "resnet18", "3, 32, 32", "Could not load the model"),
-        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "not_a_net", "3, 32, 32", "not a torchvision model"),
-        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "", "3, 32", "three positive numbers"),
-        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "", "3, 4096, 4096", "too large"),
+        ("junk.pt", b"not a checkpoint", "", "3, 8, 8", "home_upload",
+         "'junk.pt' is not a readable PyTorch checkpoint: its content is neither safetensors, a torch.save file nor TorchScript"),
+        ("notes.pt", b"101 reasons to read this text\n", "resnet18", "3, 8, 8", "home_upload", "is not a readable PyTorch checkpoint"),
+        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "resnet18", "3, 32, 32", "home_upload",
+         "The weights do not match the architecture"),
+        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "not_a_net", "3, 32, 32", "home_up_arch",
+         "'not_a_net' is not a torchvision model; expected an image classifier such as resnet18, "),
+        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "resnet19", "3, 32, 32", "home_up_arch",
+         "expected an image classifier such as resnet18"),
+        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "", "3, 32", "home_up_shape", "three positive numbers"),
+        ("w.safetensors", save_safetensors({"x": torch.ones(2)}), "", "3, 4096, 4096", "home_up_shape", "too large"),
     ],
 )
-def test_bad_uploads_are_plain_messages_and_the_model_stays(name, data, arch, shape, message):
+def test_bad_uploads_are_plain_messages_under_their_control_and_the_model_stays(name, data, arch, shape, control, message):
     at = _upload(home(), name, data, arch, shape)
     assert not at.exception
-    assert message in at.error[0].value
+    assert message in error_under(at, control) and len(at.error) == 1
     assert at.session_state.model_choice == session.ModelChoice("builtin", "digits-cnn")
     assert "accuracy" in metrics(at)  # the page still shows the current model
+
+
+def test_an_empty_upload_says_it_is_empty_at_once():
+    at = home()
+    at.radio(key="home_source").set_value("checkpoint").run()
+    at.file_uploader(key="home_upload").set_value(("empty.pt", b"", "application/octet-stream")).run()
+    assert error_under(at, "home_upload") == "'empty.pt' is empty (0 bytes): expected a checkpoint file."
+    assert at.button(key="home_up_load").disabled  # nothing to load
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -140,23 +164,29 @@ def test_torchscript_that_does_not_fit_its_inputs_is_one_plain_line_beside_the_u
 def test_upload_over_the_size_limit(monkeypatch):
     monkeypatch.setattr(session, "MAX_UPLOAD_MB", 0)
     at = _upload(home(), "big.pt", b"x" * 2048)
-    assert "uploads are limited to 0 MB" in at.error[0].value
+    assert "uploads are limited to 0 MB" in error_under(at, "home_upload")
 
 
-def test_missing_files_and_directories(tmp_path):
+def test_missing_files_and_directories_are_said_under_their_input(tmp_path):
     at = home()
     at.radio(key="home_source").set_value("torchvision").run()
     at.text_input(key="home_tv_arch").set_value("resnet18")
     at.text_input(key="home_tv_path").set_value(str(tmp_path / "missing.pth")).run()
     at.button(key="home_tv_load").click().run()
-    assert not at.exception and "missing.pth" in at.error[0].value
+    assert not at.exception and "missing.pth" in error_under(at, "home_tv_path")
+    weights = tmp_path / "w.pth"
+    torch.save({"x": torch.ones(2)}, weights)
+    at.text_input(key="home_tv_arch").set_value("Linear")
+    at.text_input(key="home_tv_path").set_value(str(weights)).run()
+    at.button(key="home_tv_load").click().run()
+    assert "expected an image classifier such as resnet18, " in error_under(at, "home_tv_arch") and len(at.error) == 1
     at.radio(key="home_source").set_value("hf").run()
     at.text_input(key="home_hf_path").set_value(str(tmp_path)).run()
     at.button(key="home_hf_load").click().run()
-    assert not at.exception and "config.json" in at.error[0].value
+    assert not at.exception and "config.json" in error_under(at, "home_hf_path")
     at.text_input(key="home_hf_path").set_value("gpt2").run()  # a hub id: never downloaded by the server
     at.button(key="home_hf_load").click().run()
-    assert "No such directory on this server" in at.error[0].value
+    assert "No such directory on this server" in error_under(at, "home_hf_path")
     assert at.session_state.model_choice.name == "digits-cnn"
 
 

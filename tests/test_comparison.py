@@ -113,10 +113,13 @@ def test_table_and_figure():
     assert list(frame["method"]) == ["svd", "tt"] and frame["note"][1] == "below the method's minimum"
     assert math.isnan(frame["relative error"][1])
     assert "output error" not in table(rows, with_output_error=False).columns
+    tried = table(rows, with_output_error=True, in_model=("accuracy in the model", {"svd": 0.9}))
+    assert list(tried.columns[:4]) == ["method", "relative error", "output error", "accuracy in the model"]
+    assert tried["accuracy in the model"][0] == 0.9 and math.isnan(tried["accuracy in the model"][1])  # tt did not run
     assert best(rows, "error") is rows[0] and best(rows[1:], "output_error") is None
-    assert progress_text(rows, 4) == "2 of 4 done; last: svd at 0.10: 0.500, tt at 0.10: no result"
+    assert progress_text(rows, 4) == "2 of 4 done; last: svd at 0.10: 0.5, tt at 0.10: no result"
     assert progress_text([], 4) == "0 of 4 done"
-    assert winners(rows) == "Best here: lowest relative error: **svd** (0.5000); lowest output error: **svd** (0.2000)."
+    assert winners(rows) == "Best here: lowest relative error: **svd** (0.5); lowest output error: **svd** (0.2)."
     fig = sweep_figure(rows, ["svd", "tt"], output_error=True)
     assert [trace.name for trace in fig.data] == ["svd", "tt"]
     assert list(fig.data[0].y) == [0.2] and len(fig.data[1].x) == 0

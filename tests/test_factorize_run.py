@@ -122,8 +122,12 @@ def test_a_stopped_run_is_marked_with_the_steps_it_ran(weight_and_gram):
     W, _ = weight_and_gram
     options = {"n_rounds": 50, "tol": 0.0}
     stop_after_step_2 = lambda step, _: step < 2  # noqa: E731
-    outcome = fr.run(W, W, None, "dsf", options, density=0.5, aware=False, device="cpu", callback=stop_after_step_2)
-    assert outcome.stopped and outcome.steps == 3
+    told = []
+    outcome = fr.run(W, W, None, "dsf", options, density=0.5, aware=False, device="cpu", callback=stop_after_step_2,
+                     on_stop=told.append)
+    assert outcome.stopped and outcome.steps == 3 and told == [3]  # told before the summary, with the steps run
+    fr.run(W, W, None, "dsf", {"n_rounds": 2}, density=0.5, aware=False, device="cpu", on_stop=told.append)
+    assert told == [3]  # a run that ends by itself is not a stop
     assert outcome.relative_error == pytest.approx(outcome.result.error(W))
 
 

@@ -188,3 +188,16 @@ def test_a_stopped_run_is_labelled_partial_everywhere():
     assert run.name.endswith("(partial)")
     assert tradeoffs.runs_table([run], "accuracy")["layers"][0] == "partial: 2 of 3 (all)"
     assert tradeoffs.download_name(run, "digits-cnn").endswith("-partial.safetensors")
+
+
+def test_a_bounded_metric_keeps_its_axis_inside_its_bounds():
+    dense = tradeoffs.Reference(1.0, 1000, 4000)  # an encoder's cosine with itself
+    alone = tradeoffs.metric_figure([], dense, x="stored_values", metric_name="mean_cosine", higher_is_better=True)
+    options = alone.layout.yaxis.autorangeoptions
+    assert (options.minallowed, options.maxallowed) == (0.0, 1.0)  # a lone point at 1 would span 0 to 2
+    negative = fake_run(metric=-0.2)
+    negative.number = 1
+    spread = tradeoffs.metric_figure([negative], dense, x="stored_values", metric_name="mean_cosine", higher_is_better=True)
+    assert (spread.layout.yaxis.autorangeoptions.minallowed, spread.layout.yaxis.autorangeoptions.maxallowed) == (-1.0, 1.0)
+    perplexity = tradeoffs.metric_figure([], dense, x="stored_values", metric_name="perplexity", higher_is_better=False)
+    assert perplexity.layout.yaxis.autorangeoptions.maxallowed is None  # unbounded above

@@ -488,6 +488,24 @@ def _cached_weights(tv, arch: str, weights_enum: str, max_bytes: int) -> Path:
     return file
 
 
+COMMON_CLASSIFIERS = ("resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "vit_b_16")
+
+
+def check_torchvision_classifier(arch: str):
+    """torchvision, once ``arch`` is one of its image classifiers; otherwise a ValueError that names
+    the closest ones (or common ones when none is close)."""
+    tv = import_torchvision()
+    classifiers = tv.models.list_models(module=tv.models)
+    if arch not in classifiers:
+        kind = "is not an image classifier" if arch in tv.models.list_models() else "is not a torchvision model"
+        close = difflib.get_close_matches(arch, classifiers) or [name for name in COMMON_CLASSIFIERS if name in classifiers]
+        raise ValueError(
+            f"{arch!r} {kind}; expected an image classifier such as {', '.join(close)} "
+            f"(all {len(classifiers)}: torchvision.models.list_models(module=torchvision.models))."
+        )
+    return tv
+
+
 def load_torchvision(
     arch: str,
     weights_path: str | None = None,
@@ -501,14 +519,7 @@ def load_torchvision(
     """A torchvision image classifier by name (``torchvision.models.list_models()``) with weights
     from ``weights_path`` (a state dict) or ``weights_enum`` (e.g. ``"IMAGENET1K_V1"``, read from
     the local torch hub cache)."""
-    tv = import_torchvision()
-    classifiers = tv.models.list_models(module=tv.models)
-    if arch not in classifiers:
-        kind = "is not an image classifier" if arch in tv.models.list_models() else "is not a torchvision model"
-        raise ValueError(
-            f"{arch!r} {kind}; expected an image classifier such as {difflib.get_close_matches(arch, classifiers)} "
-            f"(all {len(classifiers)}: torchvision.models.list_models(module=torchvision.models))."
-        )
+    tv = check_torchvision_classifier(arch)
     if (weights_path is None) == (weights_enum is None):
         raise ValueError("Give exactly one of weights_path (a state dict file) and weights_enum (e.g. 'DEFAULT').")
     if weights_path is not None:
