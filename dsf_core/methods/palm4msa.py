@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -33,13 +33,15 @@ _SPARSE_SIZE = 128 * 128  # multiply through a sparse copy (smaller ones: dense 
 
 @dataclass(frozen=True)
 class _Constraint:
-    """A sparsity set: ``count`` nonzeros in all (``sp``) or per row/column (the others)."""
+    """A sparsity set: ``count`` nonzeros in all (``sp``) or per row/column (the others), and
+    at most ``cap`` nonzeros in all (None: no cap; a factor's share of the budget)."""
 
     projection: str
     count: int
+    cap: int | None = None
 
-    def max_nnz(self, rows: int, cols: int) -> int:
-        """The most nonzeros a ``rows x cols`` factor in this set can hold."""
+    def worst_nnz(self, rows: int, cols: int) -> int:
+        """The most nonzeros the projection can keep in a ``rows x cols`` factor, before the cap."""
         if self.projection == "sp":
             return min(self.count, rows * cols)
         if self.projection == "splin":
@@ -51,6 +53,18 @@ class _Constraint:
         k = min(self.count, rows, cols)
         return rows * k + cols * k - k * k
 
+    def fewest_nnz(self, rows: int, cols: int) -> int:
+        """The fewest nonzeros the projection can keep: for ``splincol``, ``k`` in each line of
+        the longer side (a butterfly: exactly ``k`` per row and column); the others keep a fixed count."""
+        if self.projection != "splincol":
+            return self.worst_nnz(rows, cols)
+        return max(rows, cols) * min(self.count, rows, cols)
+
+    def max_nnz(self, rows: int, cols: int) -> int:
+        """The most nonzeros a ``rows x cols`` factor in this set can hold."""
+        worst = self.worst_nnz(rows, cols)
+        return worst if self.cap is None else min(worst, self.cap)
+
     def keeps_all(self, rows: int, cols: int) -> bool:
         """Whether the projection keeps every entry of a ``rows x cols`` factor."""
         if self.projection == "sp":
@@ -59,24 +73,34 @@ class _Constraint:
         return self.count >= full
 
     def project(self, S: torch.Tensor) -> torch.Tensor:
-        """Keep the constraint's support of ``S``, then rescale to unit Frobenius norm."""
+        """Keep the constraint's support of ``S`` (within the cap), then rescale to unit Frobenius norm."""
         if not self.keeps_all(*S.shape):
-            S = S * _support(S.abs(), self.projection, self.count)
+            S = S * _support(S.abs(), self.projection, self.count, self.max_nnz(*S.shape))
         norm = torch.linalg.norm(S)
         return S.div_(norm) if norm > 0 else S
 
 
-def _support(scores: torch.Tensor, projection: str, count: int) -> torch.Tensor:
+def _support(scores: torch.Tensor, projection: str, count: int, cap: int | None = None) -> torch.Tensor:
     """Boolean mask of the entries kept by ``projection``. Ties go to the lower index, one total
-    order for rows and columns (what makes the ``splincol`` bound of ``max_nnz`` hold, and what
-    lets the hierarchical split break the symmetry of a Hadamard matrix)."""
+    order for rows and columns (what makes the ``splincol`` bound of ``worst_nnz`` hold, and what
+    lets the hierarchical split break the symmetry of a Hadamard matrix). A ``splincol`` union
+    larger than ``cap`` keeps the ``count`` largest of each line of the longer side, then the
+    largest of the rest of the union up to ``cap``."""
     if projection == "sp":
         return topk_mask(scores, count)
     if projection == "splin":
         return _topk_along(scores, count, dim=1)
     if projection == "spcol":
         return _topk_along(scores, count, dim=0)
-    return _topk_along(scores, count, dim=1) | _topk_along(scores, count, dim=0)
+    by_row = _topk_along(scores, count, dim=1)
+    by_col = _topk_along(scores, count, dim=0)
+    union = by_row | by_col
+    if cap is None or int(union.count_nonzero()) <= cap:
+        return union
+    base = by_row if scores.shape[0] >= scores.shape[1] else by_col
+    rest = union & ~base
+    room = cap - int(base.count_nonzero())
+    return base | (rest & topk_mask(torch.where(rest, scores, -1.0), room))
 
 
 def _topk_along(scores: torch.Tensor, k: int, *, dim: int) -> torch.Tensor:
@@ -122,14 +146,14 @@ def _factor_shapes(m: int, n: int, r: int, q: int) -> list[tuple[int, int]]:
     return [(m, r)] + [(r, r)] * (q - 2) + [(r, n)]
 
 
-def _worst_nnz(shapes, projection: str, k: int | None, density: float | None) -> int:
-    """Total nonzeros the factors of ``shapes`` can hold under the constraint."""
-    return sum(_constraint(projection, k, density, s).max_nnz(*s) for s in shapes)
+def _fewest_nnz(shapes, projection: str, k: int | None, density: float | None) -> int:
+    """The fewest nonzeros the factors of ``shapes`` must be allowed under the constraint."""
+    return sum(_constraint(projection, k, density, s).fewest_nnz(*s) for s in shapes)
 
 
 def _choose_k(shapes, projection, k, density, *, budget, method, weight_shape) -> int | None:
     """Check a given ``k`` (or ``density``) against the budget, or pick the largest ``k`` whose
-    worst case fits it."""
+    fewest nonzeros fit it."""
     if density is not None and projection != "sp":
         raise ValueError(
             f"Option 'factor_density' of method {method!r} works with projection 'sp' only; "
@@ -141,7 +165,7 @@ def _choose_k(shapes, projection, k, density, *, budget, method, weight_shape) -
         )
     given = k is not None or density is not None
     first = k if given else 1
-    needed = _worst_nnz(shapes, projection, first, density)
+    needed = _fewest_nnz(shapes, projection, first, density)
     if needed > budget:
         what = f"factor_density={density}" if density is not None else f"k={first}"
         raise budget_error(
@@ -152,11 +176,27 @@ def _choose_k(shapes, projection, k, density, *, budget, method, weight_shape) -
     low, high = 1, max(max(s) for s in shapes)  # bisection: the count grows with k
     while low < high:
         mid = (low + high + 1) // 2
-        if _worst_nnz(shapes, projection, mid, None) <= budget:
+        if _fewest_nnz(shapes, projection, mid, None) <= budget:
             low = mid
         else:
             high = mid - 1
     return low
+
+
+def _capped(shapes, projection: str, k: int | None, density: float | None, budget: int) -> list[_Constraint]:
+    """The factors' sets, each capped at its share of ``budget``: its fewest nonzeros plus the
+    budget left over from those, in proportion to how many more it could hold (caps that sum to
+    at most ``budget`` and bind only where a ``splincol`` union could pass them)."""
+    sets = [_constraint(projection, k, density, s) for s in shapes]
+    fewest = [c.fewest_nnz(*s) for c, s in zip(sets, shapes)]
+    extra = [c.worst_nnz(*s) - low for c, s, low in zip(sets, shapes, fewest)]
+    spare = budget - sum(fewest)
+    if spare >= sum(extra):
+        return sets
+    return [
+        _Constraint(c.projection, c.count, low + spare * more // sum(extra))
+        for c, low, more in zip(sets, fewest, extra)
+    ]
 
 
 def _coo(S: torch.Tensor) -> torch.Tensor:
@@ -372,6 +412,11 @@ def _start(shapes, like: torch.Tensor, *, right_to_left: bool = False) -> list[t
     return factors
 
 
+def _within_cap(S: torch.Tensor, constraint: _Constraint) -> torch.Tensor:
+    """``S``, or its projection into ``constraint`` when it holds more nonzeros than its cap."""
+    return constraint.project(S) if int(S.count_nonzero()) > constraint.max_nnz(*S.shape) else S
+
+
 def _zeros(shapes, like: torch.Tensor) -> list[torch.Tensor]:
     """All-zero factors (the fit of a zero matrix)."""
     return [torch.zeros(s, dtype=like.dtype, device=like.device) for s in shapes]
@@ -408,7 +453,7 @@ def fit(
         shapes, projection, k, factor_density, budget=budget, method="palm4msa", weight_shape=(m, n)
     )
     chosen = {"k": k, "inner_dim": r}
-    constraints = [_constraint(projection, k, factor_density, s) for s in shapes]
+    constraints = _capped(shapes, projection, k, factor_density, budget)
     scale = float(W.abs().max())
     if scale == 0:
         return _result(_zeros(shapes, W), 0.0, {"k": k, "n_iter_run": 0}, chosen)
@@ -438,7 +483,7 @@ def fit_hierarchical(
     k = _choose_k(
         shapes, projection, k, None, budget=budget, method="hierarchical", weight_shape=(m, n)
     )
-    final = [_constraint(projection, k, None, s) for s in shapes]
+    final = _capped(shapes, projection, k, None, budget)
     levels = [_residual_k(projection, k, (r, n), lv, n_factors - 1) for lv in range(1, n_factors)]
     info = {"k": k, "residual_k": levels}
     scale = float(W.abs().max())
@@ -451,12 +496,15 @@ def fit_hierarchical(
     residual, lam = target / norm, norm
     # Factors are updated right to left, the residual (rightmost) first from zero: with
     # ties broken by index this is what lets the splits find the butterflies of a Hadamard matrix.
+    # A split runs without the caps (on a Hadamard matrix its first projections pass them on the
+    # way to the butterflies); the global pass after it projects every factor into its capped set.
     for level, res_k in enumerate(levels, start=1):
-        loose = _constraint(projection, res_k, None, (r, n))
+        # the last split's residual is the last factor: in its own (capped) set
+        loose = final[-1] if level == len(levels) else _constraint(projection, res_k, None, (r, n))
         split = _Palm(
             residual,
             _start([(residual.shape[0], r), (r, n)], W, right_to_left=True),
-            [final[level - 1], loose],
+            [replace(final[level - 1], cap=None), replace(loose, cap=None)],
             lam=1.0,
             generator=generator,
             right_to_left=True,
@@ -481,7 +529,8 @@ def fit_hierarchical(
         if finished:
             finished = whole.run(n_iter=n_iter, tol=tol, report=steps)
         peeled, residual, lam = whole.factors[:-1], whole.factors[-1], whole.lam
-        if not finished:  # stopped early: put the residual in the final set and refit lambda
+        if not finished:  # stopped early: put the factors in their final sets and refit lambda
+            peeled = [_within_cap(f, c) for f, c in zip(peeled, final)]
             peeled.append(final[-1].project(residual))
             lam = _best_scale(target, _chain(peeled), lam)
             break
@@ -501,7 +550,7 @@ def _plan(method, shape, budget, options) -> Plan:
     size = f"factor density {density}" if density is not None else f"k = {k}"
     chosen = {**options, "k": k, **({"inner_dim": r} if "inner_dim" in options else {})}
     summary = f"{len(shapes)} factors ({sizes}), {projection} with {size}"
-    return Plan(True, chosen, _worst_nnz(shapes, projection, fewest, density), summary)
+    return Plan(True, chosen, _fewest_nnz(shapes, projection, fewest, density), summary)
 
 
 def _work(m, n, options, gram):
