@@ -82,8 +82,8 @@ if kind == "low_rank":
     params["noise"] = cols[1].slider("Noise level", 0.0, 1.0, 0.01, 0.01, persist_state="session", key="learn_noise")
 elif kind == "planted":
     cols = st.columns(2)
-    params["density_a"] = cols[0].slider("Density of A", 0.01, 1.0, 0.1, 0.01, persist_state="session", key="learn_density_a")
-    params["density_b"] = cols[1].slider("Density of B", 0.01, 1.0, 0.1, 0.01, persist_state="session", key="learn_density_b")
+    params["density_a"] = cols[0].slider("Density of A", 0.01, 1.0, 0.25, 0.01, persist_state="session", key="learn_density_a")
+    params["density_b"] = cols[1].slider("Density of B", 0.01, 1.0, 0.25, 0.01, persist_state="session", key="learn_density_b")
 toy = toys.make(toys.spec_for(kind, size, seed, **params))
 
 left, right = st.columns([3, 2])

@@ -7,6 +7,11 @@ gradient step on every factor, with step ``1 / c`` from the Lipschitz constant
 ``c = 1.001 lambda^2 ||L||_2^2 ||R||_2^2`` (L, R: the products left and right of the factor),
 then refits ``lambda``. The hierarchical variant peels one factor at a time off a residual whose
 constraint tightens geometrically, each split followed by a global pass over all factors so far.
+
+Budget: a given ``k`` needs the fewest nonzeros its sets can hold (``splincol``: ``k`` in each line
+of the longer side, what a butterfly stores), and each factor is capped at its share of the budget,
+so ``n_params <= budget`` whatever the union holds. The automatic ``k`` is the largest whose sets
+fit whole, each factor then topped up with its largest other entries to its share.
 """
 
 from __future__ import annotations
@@ -34,11 +39,13 @@ _SPARSE_SIZE = 128 * 128  # multiply through a sparse copy (smaller ones: dense 
 @dataclass(frozen=True)
 class _Constraint:
     """A sparsity set: ``count`` nonzeros in all (``sp``) or per row/column (the others), and
-    at most ``cap`` nonzeros in all (None: no cap; a factor's share of the budget)."""
+    at most ``cap`` nonzeros in all (None: no cap; a factor's share of the budget). With ``fill``
+    the set is topped up to ``cap`` with the largest entries outside it."""
 
     projection: str
     count: int
     cap: int | None = None
+    fill: bool = False
 
     def worst_nnz(self, rows: int, cols: int) -> int:
         """The most nonzeros the projection can keep in a ``rows x cols`` factor, before the cap."""
@@ -63,7 +70,9 @@ class _Constraint:
     def max_nnz(self, rows: int, cols: int) -> int:
         """The most nonzeros a ``rows x cols`` factor in this set can hold."""
         worst = self.worst_nnz(rows, cols)
-        return worst if self.cap is None else min(worst, self.cap)
+        if self.cap is None:
+            return worst
+        return self.cap if self.fill else min(worst, self.cap)
 
     def keeps_all(self, rows: int, cols: int) -> bool:
         """Whether the projection keeps every entry of a ``rows x cols`` factor."""
@@ -75,7 +84,11 @@ class _Constraint:
     def project(self, S: torch.Tensor) -> torch.Tensor:
         """Keep the constraint's support of ``S`` (within the cap), then rescale to unit Frobenius norm."""
         if not self.keeps_all(*S.shape):
-            S = S * _support(S.abs(), self.projection, self.count, self.max_nnz(*S.shape))
+            scores = S.abs()
+            kept = _support(scores, self.projection, self.count, self.max_nnz(*S.shape))
+            if self.fill:
+                kept = _top_up(scores, kept, self.cap)
+            S = S * kept
         norm = torch.linalg.norm(S)
         return S.div_(norm) if norm > 0 else S
 
@@ -101,6 +114,14 @@ def _support(scores: torch.Tensor, projection: str, count: int, cap: int | None 
     rest = union & ~base
     room = cap - int(base.count_nonzero())
     return base | (rest & topk_mask(torch.where(rest, scores, -1.0), room))
+
+
+def _top_up(scores: torch.Tensor, kept: torch.Tensor, cap: int) -> torch.Tensor:
+    """``kept`` with the largest entries outside it added, up to ``cap`` entries in all."""
+    room = cap - int(kept.count_nonzero())
+    if room <= 0:
+        return kept
+    return kept | (~kept & topk_mask(torch.where(kept, -1.0, scores), room))
 
 
 def _topk_along(scores: torch.Tensor, k: int, *, dim: int) -> torch.Tensor:
@@ -152,8 +173,8 @@ def _fewest_nnz(shapes, projection: str, k: int | None, density: float | None) -
 
 
 def _choose_k(shapes, projection, k, density, *, budget, method, weight_shape) -> int | None:
-    """Check a given ``k`` (or ``density``) against the budget, or pick the largest ``k`` whose
-    fewest nonzeros fit it."""
+    """Check a given ``k`` (or ``density``) against the budget (its fewest nonzeros must fit), or
+    pick one."""
     if density is not None and projection != "sp":
         raise ValueError(
             f"Option 'factor_density' of method {method!r} works with projection 'sp' only; "
@@ -173,30 +194,33 @@ def _choose_k(shapes, projection, k, density, *, budget, method, weight_shape) -
         )
     if given:
         return k
+    # Automatic: the largest k whose every factor can hold its whole projection (each is then
+    # topped up to its share of the budget), or k = 1 capped below that.
     low, high = 1, max(max(s) for s in shapes)  # bisection: the count grows with k
     while low < high:
         mid = (low + high + 1) // 2
-        if _fewest_nnz(shapes, projection, mid, None) <= budget:
+        if sum(_constraint(projection, mid, None, s).worst_nnz(*s) for s in shapes) <= budget:
             low = mid
         else:
             high = mid - 1
     return low
 
 
-def _capped(shapes, projection: str, k: int | None, density: float | None, budget: int) -> list[_Constraint]:
-    """The factors' sets, each capped at its share of ``budget``: its fewest nonzeros plus the
-    budget left over from those, in proportion to how many more it could hold (caps that sum to
-    at most ``budget`` and bind only where a ``splincol`` union could pass them)."""
+def _capped(shapes, projection: str, k: int | None, density: float | None, budget: int, *, fill: bool = False) -> list[_Constraint]:
+    """The factors' sets, each capped at its share of ``budget`` (caps sum to at most ``budget``):
+    the most nonzeros its projection can keep when all of those fit, else its fewest; plus the
+    budget left over, in proportion to how many more it could hold. Without ``fill`` the caps bind
+    only where a ``splincol`` union could pass them; with ``fill`` each set is topped up to its cap."""
     sets = [_constraint(projection, k, density, s) for s in shapes]
-    fewest = [c.fewest_nnz(*s) for c, s in zip(sets, shapes)]
-    extra = [c.worst_nnz(*s) - low for c, s, low in zip(sets, shapes, fewest)]
-    spare = budget - sum(fewest)
-    if spare >= sum(extra):
+    worst = [c.worst_nnz(*s) for c, s in zip(sets, shapes)]
+    if sum(worst) <= budget and not fill:
         return sets
-    return [
-        _Constraint(c.projection, c.count, low + spare * more // sum(extra))
-        for c, low, more in zip(sets, fewest, extra)
-    ]
+    low = worst if sum(worst) <= budget else [c.fewest_nnz(*s) for c, s in zip(sets, shapes)]
+    high = [a * b for a, b in shapes] if fill else worst
+    room = [top - floor for top, floor in zip(high, low)]
+    spare = budget - sum(low)
+    caps = [floor + (min(spare * more // sum(room), more) if sum(room) else 0) for floor, more in zip(low, room)]
+    return [replace(c, cap=cap, fill=fill) for c, cap in zip(sets, caps)]
 
 
 def _coo(S: torch.Tensor) -> torch.Tensor:
@@ -449,11 +473,12 @@ def fit(
     m, n = W.shape
     r = inner_dim or min(m, n)
     shapes = _factor_shapes(m, n, r, n_factors)
+    automatic = k is None and factor_density is None  # then each factor fills its share of the budget
     k = _choose_k(
         shapes, projection, k, factor_density, budget=budget, method="palm4msa", weight_shape=(m, n)
     )
     chosen = {"k": k, "inner_dim": r}
-    constraints = _capped(shapes, projection, k, factor_density, budget)
+    constraints = _capped(shapes, projection, k, factor_density, budget, fill=automatic)
     scale = float(W.abs().max())
     if scale == 0:
         return _result(_zeros(shapes, W), 0.0, {"k": k, "n_iter_run": 0}, chosen)
@@ -480,10 +505,11 @@ def fit_hierarchical(
     m, n = W.shape
     r = min(m, n)
     shapes = _factor_shapes(m, n, r, n_factors)
+    automatic = k is None  # then each factor fills its share of the budget
     k = _choose_k(
         shapes, projection, k, None, budget=budget, method="hierarchical", weight_shape=(m, n)
     )
-    final = _capped(shapes, projection, k, None, budget)
+    final = _capped(shapes, projection, k, None, budget, fill=automatic)
     levels = [_residual_k(projection, k, (r, n), lv, n_factors - 1) for lv in range(1, n_factors)]
     info = {"k": k, "residual_k": levels}
     scale = float(W.abs().max())
@@ -504,7 +530,7 @@ def fit_hierarchical(
         split = _Palm(
             residual,
             _start([(residual.shape[0], r), (r, n)], W, right_to_left=True),
-            [replace(final[level - 1], cap=None), replace(loose, cap=None)],
+            [replace(final[level - 1], cap=None, fill=False), replace(loose, cap=None, fill=False)],
             lam=1.0,
             generator=generator,
             right_to_left=True,
@@ -568,8 +594,9 @@ def _shared_options():
         "k": Option(
             int,
             None,
-            "Nonzeros per row/column of each factor (for 'sp': k times the factor's row count in all); "
-            "default: the largest k that fits the budget.",
+            "Nonzeros per row/column of each factor (for 'sp': k times the factor's row count in all), "
+            "each factor capped at its share of the budget; default: the largest k that fits, each "
+            "factor then filled with its largest other entries to its share.",
             low=1,
             at_most_largest_side=True,
         ),
