@@ -5,7 +5,7 @@ PALM4MSA) and Gaussian noise (no structure at all). All are square, float64, rep
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -44,6 +44,8 @@ class Toy:
     natural_density: float | None
     factors: tuple = ()
     built_for: tuple[str, ...] = ()  # the methods whose model can express this structure exactly
+    # the options a method of built_for needs to express it (over its quick preset), by method
+    method_options: dict = field(default_factory=dict)
 
 
 def spec_for(kind: str, size: int, seed: int = 0, **params) -> ToySpec:
@@ -66,10 +68,11 @@ def make(spec: ToySpec) -> Toy:
             f"H_{n} = H_2 ⊗ ... ⊗ H_2 ({levels} times), so H H^T = {n} I. It is the product of "
             f"{levels} butterfly factors with 2 nonzeros per row and column: {butterfly_params(n):,} "
             f"numbers instead of {n * n:,}. Being a Kronecker product, it also has tensor-train rank 1: "
-            "tensor-train stores it exactly in far fewer, and hierarchical PALM4MSA can find the butterflies "
-            "(section 4, at the budget its projection needs).",
+            f"tensor-train stores it exactly in far fewer. Hierarchical PALM4MSA, given {levels} factors "
+            "with 2 nonzeros per row and column (splincol, k = 2), finds the butterflies.",
             butterfly_params(n) / n**2,
             built_for=("tt", "hierarchical"),
+            method_options={"hierarchical": butterfly_options(n)},
         )
     if spec.kind == "dft":
         return Toy(
@@ -138,6 +141,12 @@ def planted_inner(n: int) -> int:
 def butterfly_params(n: int) -> int:
     """The numbers that the ``log2(n)`` butterfly factors of ``H_n`` store: ``2 n`` each."""
     return 2 * n * int(math.log2(n))
+
+
+def butterfly_options(n: int) -> dict:
+    """Hierarchical PALM4MSA's options for the butterflies of ``H_n``: ``log2(n)`` factors with 2
+    nonzeros per row and column."""
+    return {"n_factors": max(2, int(math.log2(n))), "projection": "splincol", "k": 2}
 
 
 def dft_real(n: int) -> torch.Tensor:
