@@ -34,6 +34,7 @@ _POWER_MAX_STEPS = 100
 _FLOOR_EPS = 100  # a pass stops once the relative error is below this many machine epsilons
 _SPARSE_DENSITY = 0.125  # on CPU, factors at most this dense and at least this large
 _SPARSE_SIZE = 128 * 128  # multiply through a sparse copy (smaller ones: dense is as fast)
+_FILL_RTOL = 1e-6  # a factor is topped up only with entries above this fraction of its largest
 
 
 @dataclass(frozen=True)
@@ -117,11 +118,14 @@ def _support(scores: torch.Tensor, projection: str, count: int, cap: int | None 
 
 
 def _top_up(scores: torch.Tensor, kept: torch.Tensor, cap: int) -> torch.Tensor:
-    """``kept`` with the largest entries outside it added, up to ``cap`` entries in all."""
+    """``kept`` with the largest entries outside it added, up to ``cap`` entries in all; entries
+    below ``_FILL_RTOL`` of the largest are not worth storing (on a Hadamard matrix all the
+    others fall to rounding noise once the butterflies are found)."""
     room = cap - int(kept.count_nonzero())
     if room <= 0:
         return kept
-    return kept | (~kept & topk_mask(torch.where(kept, -1.0, scores), room))
+    candidates = ~kept & (scores > _FILL_RTOL * scores.max())
+    return kept | (candidates & topk_mask(torch.where(candidates, scores, -1.0), room))
 
 
 def _topk_along(scores: torch.Tensor, k: int, *, dim: int) -> torch.Tensor:
