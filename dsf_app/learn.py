@@ -19,6 +19,7 @@ from .messages import USER_ERRORS, plain_message
 LOW_RANK_METHODS = ("svd", "dsf", "palm4msa", "tt", "magnitude")
 UNDER_BUDGET = 0.95  # a method storing less than this share of its budget is noted in the table
 CLOSE = 1.2  # a runner-up within this factor of the winner's error is "close"
+EXACT = 1e-6  # relative errors below this count as exact (rounding level, or near it)
 
 # For the page's tabs: (introduction, LaTeX formulas, remark) per method family.
 METHOD_NOTES = {
@@ -95,11 +96,13 @@ class Comparison:
         return [row["method"] for row in self.rows if row["possible"] is False]
 
 
-def run_method(matrix: torch.Tensor, method: str, density: float, device, keep_going: Callable[[], bool]) -> dict:
-    """One table row: ``method`` with its quick options on ``matrix`` at ``density``, or why it
-    could not run (``possible`` False when its plan says the budget is below its minimum)."""
+def run_method(matrix: torch.Tensor, method: str, density: float, device, keep_going: Callable[[], bool],
+               options: dict | None = None) -> dict:
+    """One table row: ``method`` with its quick options (overlaid with ``options``) on ``matrix``
+    at ``density``, or why it could not run (``possible`` False when its plan says the budget is
+    below its minimum)."""
     row = {"method": method, "relative error": math.nan, "parameters": None, "density": None, "seconds": None}
-    options = method_settings.options(method, quick=True)
+    options = {**method_settings.options(method, quick=True), **(options or {})}
     plan = METHODS[method].plan(tuple(matrix.shape), budget(tuple(matrix.shape), density), **options)
     if not plan.feasible:
         return {**row, "note": f"not possible: {plan.reason}", "possible": False}
@@ -130,15 +133,21 @@ def run_method(matrix: torch.Tensor, method: str, density: float, device, keep_g
 
 
 def verdict(rows: list, built_for: tuple[str, ...] = ()) -> str:
-    """The sentence on who won, computed from the ``rows`` that ran: the winner, how far ahead of
-    the next method it is, and where the methods ``built_for`` the toy's structure came."""
+    """The sentence on who won, computed from the ``rows`` that ran: the winner (or the methods
+    that are exact, as equals), how far ahead of the next method, and where the methods
+    ``built_for`` the toy's structure came."""
     ran = sorted((row for row in rows if not math.isnan(row["relative error"])), key=lambda row: row["relative error"])
     if not ran:
         return "No method could run at this budget."
-    best = ran[0]
-    sentence = f"Here **{best['method']}** comes out ahead, with relative error {best['relative error']:.3g}"
-    if len(ran) > 1:
-        second = ran[1]
+    exact = [row for row in ran if row["relative error"] < EXACT]
+    ahead = exact if len(exact) > 1 else ran[:1]
+    if len(ahead) > 1:
+        names = " and ".join(f"**{row['method']}** ({row['relative error']:.2g})" for row in ahead)
+        sentence = f"Here {names} {'both' if len(ahead) == 2 else 'all'} store it exactly (relative error below {EXACT:g})"
+    else:
+        sentence = f"Here **{ran[0]['method']}** comes out ahead, with relative error {ran[0]['relative error']:.3g}"
+    if len(ran) > len(ahead):
+        best, second = ahead[-1], ran[len(ahead)]
         ratio = second["relative error"] / max(best["relative error"], 1e-300)
         if ratio < CLOSE:
             sentence += f", close to **{second['method']}** ({second['relative error']:.3g})"
@@ -148,7 +157,7 @@ def verdict(rows: list, built_for: tuple[str, ...] = ()) -> str:
     sentence += "."
     order = [row["method"] for row in ran]
     for method in built_for:
-        if method in order and method != best["method"]:
+        if method in order and order.index(method) >= len(ahead):
             place = order.index(method) + 1
             sentence += f" **{method}**, which can express this structure, comes {_ordinal(place)} ({ran[place - 1]['relative error']:.3g})."
     return sentence
@@ -164,14 +173,18 @@ def compare(
     *,
     methods=tuple(METHODS),
     device=None,
+    method_options: dict | None = None,
     report: Callable = lambda *a, **k: True,
 ) -> Comparison:
-    """Run ``methods`` one after the other at the same ``density``. ``report(row, fraction)`` (a
-    job's) gets each row; once it returns False the comparison ends with the rows so far."""
+    """Run ``methods`` one after the other at the same ``density``, each with its quick options
+    and its entry of ``method_options`` (a toy's :attr:`~toys.Toy.method_options`).
+    ``report(row, fraction)`` (a job's) gets each row; once it returns False the comparison ends
+    with the rows so far."""
     device = torch.device(device) if device is not None else matrix.device
+    method_options = method_options or {}
     rows = []
     for method in methods:
-        rows.append(run_method(matrix, method, density, device, report))
+        rows.append(run_method(matrix, method, density, device, report, method_options.get(method)))
         if not report(rows[-1], len(rows) / len(methods)):
             break
     stopped = len(rows) < len(methods) or not report()
@@ -192,10 +205,8 @@ class HadamardDemo:
 
 
 def butterfly_density(size: int) -> float:
-    """The budget (as a density) that ``log2(size)`` splincol factors with ``k = 2`` must be
-    allowed: each can hold up to ``2 * 2 * size - 4`` nonzeros (a butterfly has ``2 * size``)."""
-    levels = int(math.log2(size))
-    return levels * (4 * size - 4) / size**2
+    """The budget (as a density) that the ``log2(size)`` butterflies of ``H_size`` store."""
+    return toys.butterfly_params(size) / size**2
 
 
 def hadamard_demo(size: int, device=None, report: Callable = lambda *a, **k: True) -> HadamardDemo:
@@ -204,14 +215,11 @@ def hadamard_demo(size: int, device=None, report: Callable = lambda *a, **k: Tru
     if size < 4:
         raise ValueError(f"The Hadamard demo needs a size of at least 4; got {size}.")
     H = toys.hadamard(size)
-    levels = int(math.log2(size))
     butterflies = factorize(
         H,
         "hierarchical",
         density=butterfly_density(size),
-        n_factors=levels,
-        projection="splincol",
-        k=2,
+        **toys.butterfly_options(size),
         device=device,
         callback=lambda step, objective: report(None, 0.5),
     )

@@ -5,7 +5,7 @@ PALM4MSA) and Gaussian noise (no structure at all). All are square, float64, rep
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,8 +29,8 @@ class ToySpec:
     seed: int = 0
     rank: int = 8
     noise: float = 0.0
-    density_a: float = 0.1
-    density_b: float = 0.1
+    density_a: float = 0.25
+    density_b: float = 0.25
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +44,8 @@ class Toy:
     natural_density: float | None
     factors: tuple = ()
     built_for: tuple[str, ...] = ()  # the methods whose model can express this structure exactly
+    # the options a method of built_for needs to express it (over its quick preset), by method
+    method_options: dict = field(default_factory=dict)
 
 
 def spec_for(kind: str, size: int, seed: int = 0, **params) -> ToySpec:
@@ -66,10 +68,11 @@ def make(spec: ToySpec) -> Toy:
             f"H_{n} = H_2 ⊗ ... ⊗ H_2 ({levels} times), so H H^T = {n} I. It is the product of "
             f"{levels} butterfly factors with 2 nonzeros per row and column: {butterfly_params(n):,} "
             f"numbers instead of {n * n:,}. Being a Kronecker product, it also has tensor-train rank 1: "
-            "tensor-train stores it exactly in far fewer, and hierarchical PALM4MSA can find the butterflies "
-            "(section 4, at the budget its projection needs).",
+            f"tensor-train stores it exactly in far fewer. Hierarchical PALM4MSA, given {levels} factors "
+            "with 2 nonzeros per row and column (splincol, k = 2), finds the butterflies.",
             butterfly_params(n) / n**2,
             built_for=("tt", "hierarchical"),
+            method_options={"hierarchical": butterfly_options(n)},
         )
     if spec.kind == "dft":
         return Toy(
@@ -92,15 +95,21 @@ def make(spec: ToySpec) -> Toy:
             built_for=("svd",),
         )
     if spec.kind == "planted":
-        a = sparse_factor(n, n, spec.density_a, generator)
-        b = sparse_factor(n, n, spec.density_b, generator)
+        inner = planted_inner(n)
+        a = sparse_factor(n, inner, spec.density_a, generator)
+        b = sparse_factor(inner, n, spec.density_b, generator)
         stored = int(torch.count_nonzero(a) + torch.count_nonzero(b))
+        product = a @ b
+        dense = float((product != 0).double().mean())
         return Toy(
             spec,
-            a @ b,
-            f"A B with A at density {spec.density_a:g} and B at {spec.density_b:g} (random supports, "
-            f"Gaussian values): {stored:,} nonzeros reproduce the {n} x {n} product exactly. DSF's model "
-            "W ~ A B can express it, but it must find the supports: it comes close, not exactly.",
+            product,
+            f"A B with A ({n} x {inner}) at density {spec.density_a:g} and B ({inner} x {n}) at "
+            f"{spec.density_b:g} (random supports, Gaussian values): {stored:,} nonzeros reproduce the "
+            f"{n} x {n} product exactly. DSF's model W ~ A B can express it, and it finds the supports. "
+            f"The others cannot: each entry of W mixes several of A's and B's, so {dense:.0%} of W is "
+            f"nonzero and pruning keeps only a few of them; W has rank {inner}, which SVD would store "
+            f"in {2 * n * inner:,} numbers, {2 * n * inner / max(stored, 1):.1f} times as many.",
             stored / n**2,
             (a, b),
             built_for=("dsf",),
@@ -124,9 +133,20 @@ def hadamard(n: int) -> torch.Tensor:
     return H
 
 
+def planted_inner(n: int) -> int:
+    """The inner dimension of the planted product of size ``n``: a quarter of it (at least 1)."""
+    return max(1, n // 4)
+
+
 def butterfly_params(n: int) -> int:
     """The numbers that the ``log2(n)`` butterfly factors of ``H_n`` store: ``2 n`` each."""
     return 2 * n * int(math.log2(n))
+
+
+def butterfly_options(n: int) -> dict:
+    """Hierarchical PALM4MSA's options for the butterflies of ``H_n``: ``log2(n)`` factors with 2
+    nonzeros per row and column."""
+    return {"n_factors": max(2, int(math.log2(n))), "projection": "splincol", "k": 2}
 
 
 def dft_real(n: int) -> torch.Tensor:

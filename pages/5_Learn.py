@@ -82,8 +82,8 @@ if kind == "low_rank":
     params["noise"] = cols[1].slider("Noise level", 0.0, 1.0, 0.01, 0.01, persist_state="session", key="learn_noise")
 elif kind == "planted":
     cols = st.columns(2)
-    params["density_a"] = cols[0].slider("Density of A", 0.01, 1.0, 0.1, 0.01, persist_state="session", key="learn_density_a")
-    params["density_b"] = cols[1].slider("Density of B", 0.01, 1.0, 0.1, 0.01, persist_state="session", key="learn_density_b")
+    params["density_a"] = cols[0].slider("Density of A", 0.01, 1.0, 0.25, 0.01, persist_state="session", key="learn_density_a")
+    params["density_b"] = cols[1].slider("Density of B", 0.01, 1.0, 0.25, 0.01, persist_state="session", key="learn_density_b")
 toy = toys.make(toys.spec_for(kind, size, seed, **params))
 
 left, right = st.columns([3, 2])
@@ -118,13 +118,17 @@ for tab, (intro, formulas, remark) in zip(st.tabs(list(learn.METHOD_NOTES)), lea
 
 # --- 3. all methods at one budget --------------------------------------------------------------
 st.header("3. Every method at the same budget")
+given = "; ".join(
+    f"{method} with " + ", ".join(f"{name} = {value}" for name, value in options.items())
+    for method, options in toy.method_options.items()
+)
 st.caption(
     f"Runs all {len(METHODS)} methods on the toy above at the sidebar's density "
-    f"({density:.2f}), each with its quick options."
+    f"({density:.2f}), each with its quick options" + (f" ({given}: what it needs for this structure)." if given else ".")
 )
 compare_key = ("compare", toy.spec, density, device.type)
 if st.button("Run the comparison", key="learn_compare_run", type="primary"):
-    work = job_results.reporting(learn.compare, toy.matrix, density, device=device)
+    work = job_results.reporting(learn.compare, toy.matrix, density, device=device, method_options=toy.method_options)
     job_results.start(COMPARE_JOB, compare_key, work, f"Every method on the {toys.KINDS[kind].lower()}")
 show_job(COMPARE_JOB, compare_key,
          lambda result: show_comparison(result, "learn_compare", "Error per method", toy.built_for))
@@ -140,7 +144,7 @@ had_size = st.selectbox("Hadamard size", [4, 8, 16, 32, 64, 128, 256], index=3, 
 levels = int(math.log2(had_size))
 st.caption(
     f"Hierarchical PALM4MSA with {levels} factors, projection splincol, k = 2, at density "
-    f"{learn.butterfly_density(had_size):.4g} (the most {levels} splincol(2) factors can hold); SVD at the "
+    f"{learn.butterfly_density(had_size):.4g} (what the {levels} butterflies store); SVD at the "
     f"{toys.butterfly_params(had_size):,} parameters that {levels} butterflies store."
 )
 hadamard_key = ("hadamard", had_size, device.type)

@@ -100,6 +100,20 @@ def test_comparison_table_matches_factorize_with_the_quick_options():
     assert at.session_state["learn_compare_job"] is job
 
 
+def test_hadamard_comparison_gives_hierarchical_its_butterflies():
+    at = open_page(PAGE)
+    spec = _toy(at, "hadamard", 16)
+    at.button(key="learn_use_density").click().run()  # 0.5: the 128 numbers of 4 butterflies
+    click_and_wait(at, "learn_compare_run", "learn_compare_job")
+    assert not problems(at)
+    rows = {row["method"]: row for row in _rows(at)}
+    assert rows["hierarchical"]["parameters"] == toys.butterfly_params(16) == 128
+    assert rows["hierarchical"]["relative error"] < 1e-8 and rows["tt"]["relative error"] < 1e-8
+    assert "hierarchical with n_factors = 4, projection = splincol, k = 2" in " ".join(c.value for c in at.caption)
+    sentence = learn.verdict(list(rows.values()), toys.make(spec).built_for)
+    assert "store it exactly" in sentence and sentence in [md.value for md in at.markdown]
+
+
 def test_hadamard_demo_recovers_the_butterflies_where_svd_cannot():
     at = open_page(PAGE)
     at.selectbox(key="learn_had_size").set_value(32).run()

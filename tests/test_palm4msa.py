@@ -7,7 +7,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from dsf_core import factorize
+from dsf_core import METHODS, factorize
+from dsf_core.exceptions import BudgetError
+from dsf_core.plan import budget
 from dsf_core.methods.palm4msa import _Constraint, _support
 
 
@@ -15,12 +17,16 @@ def _random(m=48, n=40, seed=0, dtype=torch.float64):
     return torch.randn(m, n, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-@pytest.mark.parametrize("n", [5, 6, 7])  # 128 x 128 also runs the sparse products
-def test_hierarchical_recovers_hadamard_as_butterflies(n):
+@pytest.mark.parametrize("n", [3, 5, 7])  # 128 x 128 also runs the sparse products
+def test_hierarchical_recovers_hadamard_within_the_butterfly_budget(n):
+    pyfaust = pytest.importorskip("pyfaust")
     N = 2**n
     H = torch.tensor(scipy.linalg.hadamard(N), dtype=torch.float64)
-    density = n * (4 * N - 4) / N**2  # the worst case of n splincol(2) factors
+    butterflies = pyfaust.wht(N, normed=False)  # the oracle: H_N as its n butterfly factors
+    np.testing.assert_array_equal(butterflies.toarray(), H.numpy())
+    density = butterflies.nnz_sum() / N**2  # exactly what they store: 2 N n
     result = factorize(H, "hierarchical", density=density, n_factors=n, projection="splincol", k=2)
+    assert result.info["budget"] == butterflies.nnz_sum() == 2 * N * n
     assert result.error(H) <= 1e-10
     assert len(result.factors) == n
     for factor in result.factors:
@@ -90,11 +96,54 @@ def test_splincol_union_stays_within_its_bound_despite_ties(seed, k):
     assert mask.sum(1).min() >= min(k, 20) and mask.sum(0).min() >= min(k, 30)
 
 
-def test_default_k_is_the_largest_that_fits():
-    # two 64 x 64 splincol(k) factors hold at most 2 (128 k - k^2): 750 for k=3, 992 for k=4
+def test_default_k_is_the_largest_that_fits_and_the_factors_fill_the_budget():
+    # two 64 x 64 splincol(k) factors hold at most 2 (128 k - k^2): 750 for k=3, 992 for k=4;
+    # each is then topped up with its largest other entries to its share of 819
     result = factorize(_random(64, 64), "palm4msa", density=0.2, n_iter=20)
     assert result.info["k"] == 3
-    assert result.n_params <= result.info["budget"] == 819
+    assert 0.99 * 819 <= result.n_params <= result.info["budget"] == 819
+    for factor in result.factors:  # still at least k per row and column
+        support = factor != 0
+        assert support.sum(1).min() >= 3 and support.sum(0).min() >= 3
+
+
+SHAPES = [(1, 1), (1, 6), (5, 1), (2, 3), (7, 4), (16, 16), (9, 30), (33, 12)]
+
+
+@pytest.mark.parametrize("method", ["palm4msa", "hierarchical"])
+def test_the_budget_always_holds_and_the_plan_says_what_the_fit_does(method):
+    spec = METHODS[method]
+    draw = np.random.default_rng(len(method))
+    for m, n in SHAPES:
+        W = _random(m, n, seed=m * n)
+        for n_factors in (2, 3, 4):
+            for density in draw.uniform(0.02, 1.0, size=2):
+                projection = "splincol" if draw.random() < 0.5 else str(draw.choice(["sp", "splin", "spcol"]))
+                options = {"n_factors": n_factors, "projection": projection, "n_iter": 3}
+                if draw.random() < 0.3:
+                    options["k"] = int(draw.integers(1, max(m, n) + 1))
+                allowed = budget((m, n), density)
+                plan = spec.plan((m, n), allowed, **options)
+                case = (m, n, density, options)
+                try:
+                    result = factorize(W, method, density=density, **options)
+                except BudgetError as exc:
+                    assert not plan.feasible and plan.min_budget == exc.needed > allowed, case
+                    continue
+                assert plan.feasible and plan.min_budget <= allowed, case
+                assert plan.options["k"] == result.info["k"], case
+                assert result.n_params <= allowed, case
+                # the plan's minimum is exact: it fits there, one less does not
+                assert spec.plan((m, n), plan.min_budget, **options).feasible, case
+                assert not spec.plan((m, n), plan.min_budget - 1, **options).feasible, case
+
+
+@pytest.mark.parametrize("method", ["palm4msa", "hierarchical"])
+@pytest.mark.parametrize("shape, density", [((64, 64), 0.1), ((128, 96), 0.2), ((48, 200), 0.4)])
+def test_splincol_uses_most_of_its_budget(method, shape, density):
+    W = _random(*shape)
+    result = factorize(W, method, density=density, n_iter=30)
+    assert 0.9 * result.info["budget"] <= result.n_params <= result.info["budget"]
 
 
 @pytest.mark.parametrize("method", ["palm4msa", "hierarchical"])
@@ -129,7 +178,7 @@ def test_huge_entries_neither_overflow_nor_warn(method):
 @pytest.mark.parametrize(
     "method, options, density, match",
     [
-        ("palm4msa", {"k": 32}, 0.1, "needs 6144 parameters"),
+        ("palm4msa", {"k": 32}, 0.1, "needs 4096 parameters"),  # 32 per row of two 64 x 64 factors
         ("palm4msa", {}, 0.01, "k=1"),
         ("hierarchical", {"k": 20, "n_factors": 3}, 0.5, "k=20"),
         ("palm4msa", {"projection": "splin", "factor_density": 0.1}, 0.5, "factor_density"),

@@ -56,10 +56,19 @@ def test_low_rank_noise_is_what_svd_at_that_rank_leaves():
 def test_planted_product_has_factors_of_the_asked_sparsity(density_a, density_b):
     toy = toys.make(toys.spec_for("planted", 32, seed=2, density_a=density_a, density_b=density_b))
     A, B = toy.factors
-    assert int(torch.count_nonzero(A)) == max(1, round(density_a * 32 * 32))
-    assert int(torch.count_nonzero(B)) == max(1, round(density_b * 32 * 32))
+    assert A.shape == (32, 8) and B.shape == (8, 32)  # inner dimension a quarter of the size
+    assert int(torch.count_nonzero(A)) == max(1, round(density_a * 32 * 8))
+    assert int(torch.count_nonzero(B)) == max(1, round(density_b * 8 * 32))
     torch.testing.assert_close(toy.matrix, A @ B, rtol=0, atol=0)
     assert toy.natural_density == (int(torch.count_nonzero(A)) + int(torch.count_nonzero(B))) / 32**2
+
+
+def test_planted_product_is_dense_and_of_full_inner_rank_as_its_note_says():
+    toy = toys.make(toys.spec_for("planted", 64))
+    nonzero = float((toy.matrix != 0).double().mean())
+    assert nonzero > 0.5 and f"{nonzero:.0%} of W is nonzero" in toy.note
+    assert np.linalg.matrix_rank(toy.matrix.numpy()) == 16 and "W has rank 16" in toy.note
+    assert "in 2,048 numbers, 4.0 times as many" in toy.note  # SVD: 16 x (64 + 64) against 512
 
 
 def test_sparse_factor_rejects_a_density_outside_the_unit_interval():

@@ -7,6 +7,11 @@ gradient step on every factor, with step ``1 / c`` from the Lipschitz constant
 ``c = 1.001 lambda^2 ||L||_2^2 ||R||_2^2`` (L, R: the products left and right of the factor),
 then refits ``lambda``. The hierarchical variant peels one factor at a time off a residual whose
 constraint tightens geometrically, each split followed by a global pass over all factors so far.
+
+Budget: a given ``k`` needs the fewest nonzeros its sets can hold (``splincol``: ``k`` in each line
+of the longer side, what a butterfly stores), and each factor is capped at its share of the budget,
+so ``n_params <= budget`` whatever the union holds. The automatic ``k`` is the largest whose sets
+fit whole, each factor then topped up with its largest other entries to its share.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -29,17 +34,22 @@ _POWER_MAX_STEPS = 100
 _FLOOR_EPS = 100  # a pass stops once the relative error is below this many machine epsilons
 _SPARSE_DENSITY = 0.125  # on CPU, factors at most this dense and at least this large
 _SPARSE_SIZE = 128 * 128  # multiply through a sparse copy (smaller ones: dense is as fast)
+_FILL_RTOL = 1e-6  # a factor is topped up only with entries above this fraction of its largest
 
 
 @dataclass(frozen=True)
 class _Constraint:
-    """A sparsity set: ``count`` nonzeros in all (``sp``) or per row/column (the others)."""
+    """A sparsity set: ``count`` nonzeros in all (``sp``) or per row/column (the others), and
+    at most ``cap`` nonzeros in all (None: no cap; a factor's share of the budget). With ``fill``
+    the set is topped up to ``cap`` with the largest entries outside it."""
 
     projection: str
     count: int
+    cap: int | None = None
+    fill: bool = False
 
-    def max_nnz(self, rows: int, cols: int) -> int:
-        """The most nonzeros a ``rows x cols`` factor in this set can hold."""
+    def worst_nnz(self, rows: int, cols: int) -> int:
+        """The most nonzeros the projection can keep in a ``rows x cols`` factor, before the cap."""
         if self.projection == "sp":
             return min(self.count, rows * cols)
         if self.projection == "splin":
@@ -51,6 +61,20 @@ class _Constraint:
         k = min(self.count, rows, cols)
         return rows * k + cols * k - k * k
 
+    def fewest_nnz(self, rows: int, cols: int) -> int:
+        """The fewest nonzeros the projection can keep: for ``splincol``, ``k`` in each line of
+        the longer side (a butterfly: exactly ``k`` per row and column); the others keep a fixed count."""
+        if self.projection != "splincol":
+            return self.worst_nnz(rows, cols)
+        return max(rows, cols) * min(self.count, rows, cols)
+
+    def max_nnz(self, rows: int, cols: int) -> int:
+        """The most nonzeros a ``rows x cols`` factor in this set can hold."""
+        worst = self.worst_nnz(rows, cols)
+        if self.cap is None:
+            return worst
+        return self.cap if self.fill else min(worst, self.cap)
+
     def keeps_all(self, rows: int, cols: int) -> bool:
         """Whether the projection keeps every entry of a ``rows x cols`` factor."""
         if self.projection == "sp":
@@ -59,24 +83,49 @@ class _Constraint:
         return self.count >= full
 
     def project(self, S: torch.Tensor) -> torch.Tensor:
-        """Keep the constraint's support of ``S``, then rescale to unit Frobenius norm."""
+        """Keep the constraint's support of ``S`` (within the cap), then rescale to unit Frobenius norm."""
         if not self.keeps_all(*S.shape):
-            S = S * _support(S.abs(), self.projection, self.count)
+            scores = S.abs()
+            kept = _support(scores, self.projection, self.count, self.max_nnz(*S.shape))
+            if self.fill:
+                kept = _top_up(scores, kept, self.cap)
+            S = S * kept
         norm = torch.linalg.norm(S)
         return S.div_(norm) if norm > 0 else S
 
 
-def _support(scores: torch.Tensor, projection: str, count: int) -> torch.Tensor:
+def _support(scores: torch.Tensor, projection: str, count: int, cap: int | None = None) -> torch.Tensor:
     """Boolean mask of the entries kept by ``projection``. Ties go to the lower index, one total
-    order for rows and columns (what makes the ``splincol`` bound of ``max_nnz`` hold, and what
-    lets the hierarchical split break the symmetry of a Hadamard matrix)."""
+    order for rows and columns (what makes the ``splincol`` bound of ``worst_nnz`` hold, and what
+    lets the hierarchical split break the symmetry of a Hadamard matrix). A ``splincol`` union
+    larger than ``cap`` keeps the ``count`` largest of each line of the longer side, then the
+    largest of the rest of the union up to ``cap``."""
     if projection == "sp":
         return topk_mask(scores, count)
     if projection == "splin":
         return _topk_along(scores, count, dim=1)
     if projection == "spcol":
         return _topk_along(scores, count, dim=0)
-    return _topk_along(scores, count, dim=1) | _topk_along(scores, count, dim=0)
+    by_row = _topk_along(scores, count, dim=1)
+    by_col = _topk_along(scores, count, dim=0)
+    union = by_row | by_col
+    if cap is None or int(union.count_nonzero()) <= cap:
+        return union
+    base = by_row if scores.shape[0] >= scores.shape[1] else by_col
+    rest = union & ~base
+    room = cap - int(base.count_nonzero())
+    return base | (rest & topk_mask(torch.where(rest, scores, -1.0), room))
+
+
+def _top_up(scores: torch.Tensor, kept: torch.Tensor, cap: int) -> torch.Tensor:
+    """``kept`` with the largest entries outside it added, up to ``cap`` entries in all; entries
+    below ``_FILL_RTOL`` of the largest are not worth storing (on a Hadamard matrix all the
+    others fall to rounding noise once the butterflies are found)."""
+    room = cap - int(kept.count_nonzero())
+    if room <= 0:
+        return kept
+    candidates = ~kept & (scores > _FILL_RTOL * scores.max())
+    return kept | (candidates & topk_mask(torch.where(candidates, scores, -1.0), room))
 
 
 def _topk_along(scores: torch.Tensor, k: int, *, dim: int) -> torch.Tensor:
@@ -122,14 +171,14 @@ def _factor_shapes(m: int, n: int, r: int, q: int) -> list[tuple[int, int]]:
     return [(m, r)] + [(r, r)] * (q - 2) + [(r, n)]
 
 
-def _worst_nnz(shapes, projection: str, k: int | None, density: float | None) -> int:
-    """Total nonzeros the factors of ``shapes`` can hold under the constraint."""
-    return sum(_constraint(projection, k, density, s).max_nnz(*s) for s in shapes)
+def _fewest_nnz(shapes, projection: str, k: int | None, density: float | None) -> int:
+    """The fewest nonzeros the factors of ``shapes`` must be allowed under the constraint."""
+    return sum(_constraint(projection, k, density, s).fewest_nnz(*s) for s in shapes)
 
 
 def _choose_k(shapes, projection, k, density, *, budget, method, weight_shape) -> int | None:
-    """Check a given ``k`` (or ``density``) against the budget, or pick the largest ``k`` whose
-    worst case fits it."""
+    """Check a given ``k`` (or ``density``) against the budget (its fewest nonzeros must fit), or
+    pick one."""
     if density is not None and projection != "sp":
         raise ValueError(
             f"Option 'factor_density' of method {method!r} works with projection 'sp' only; "
@@ -141,7 +190,7 @@ def _choose_k(shapes, projection, k, density, *, budget, method, weight_shape) -
         )
     given = k is not None or density is not None
     first = k if given else 1
-    needed = _worst_nnz(shapes, projection, first, density)
+    needed = _fewest_nnz(shapes, projection, first, density)
     if needed > budget:
         what = f"factor_density={density}" if density is not None else f"k={first}"
         raise budget_error(
@@ -149,14 +198,33 @@ def _choose_k(shapes, projection, k, density, *, budget, method, weight_shape) -
         )
     if given:
         return k
+    # Automatic: the largest k whose every factor can hold its whole projection (each is then
+    # topped up to its share of the budget), or k = 1 capped below that.
     low, high = 1, max(max(s) for s in shapes)  # bisection: the count grows with k
     while low < high:
         mid = (low + high + 1) // 2
-        if _worst_nnz(shapes, projection, mid, None) <= budget:
+        if sum(_constraint(projection, mid, None, s).worst_nnz(*s) for s in shapes) <= budget:
             low = mid
         else:
             high = mid - 1
     return low
+
+
+def _capped(shapes, projection: str, k: int | None, density: float | None, budget: int, *, fill: bool = False) -> list[_Constraint]:
+    """The factors' sets, each capped at its share of ``budget`` (caps sum to at most ``budget``):
+    the most nonzeros its projection can keep when all of those fit, else its fewest; plus the
+    budget left over, in proportion to how many more it could hold. Without ``fill`` the caps bind
+    only where a ``splincol`` union could pass them; with ``fill`` each set is topped up to its cap."""
+    sets = [_constraint(projection, k, density, s) for s in shapes]
+    worst = [c.worst_nnz(*s) for c, s in zip(sets, shapes)]
+    if sum(worst) <= budget and not fill:
+        return sets
+    low = worst if sum(worst) <= budget else [c.fewest_nnz(*s) for c, s in zip(sets, shapes)]
+    high = [a * b for a, b in shapes] if fill else worst
+    room = [top - floor for top, floor in zip(high, low)]
+    spare = budget - sum(low)
+    caps = [floor + (min(spare * more // sum(room), more) if sum(room) else 0) for floor, more in zip(low, room)]
+    return [replace(c, cap=cap, fill=fill) for c, cap in zip(sets, caps)]
 
 
 def _coo(S: torch.Tensor) -> torch.Tensor:
@@ -372,6 +440,11 @@ def _start(shapes, like: torch.Tensor, *, right_to_left: bool = False) -> list[t
     return factors
 
 
+def _within_cap(S: torch.Tensor, constraint: _Constraint) -> torch.Tensor:
+    """``S``, or its projection into ``constraint`` when it holds more nonzeros than its cap."""
+    return constraint.project(S) if int(S.count_nonzero()) > constraint.max_nnz(*S.shape) else S
+
+
 def _zeros(shapes, like: torch.Tensor) -> list[torch.Tensor]:
     """All-zero factors (the fit of a zero matrix)."""
     return [torch.zeros(s, dtype=like.dtype, device=like.device) for s in shapes]
@@ -404,11 +477,12 @@ def fit(
     m, n = W.shape
     r = inner_dim or min(m, n)
     shapes = _factor_shapes(m, n, r, n_factors)
+    automatic = k is None and factor_density is None  # then each factor fills its share of the budget
     k = _choose_k(
         shapes, projection, k, factor_density, budget=budget, method="palm4msa", weight_shape=(m, n)
     )
     chosen = {"k": k, "inner_dim": r}
-    constraints = [_constraint(projection, k, factor_density, s) for s in shapes]
+    constraints = _capped(shapes, projection, k, factor_density, budget, fill=automatic)
     scale = float(W.abs().max())
     if scale == 0:
         return _result(_zeros(shapes, W), 0.0, {"k": k, "n_iter_run": 0}, chosen)
@@ -435,10 +509,11 @@ def fit_hierarchical(
     m, n = W.shape
     r = min(m, n)
     shapes = _factor_shapes(m, n, r, n_factors)
+    automatic = k is None  # then each factor fills its share of the budget
     k = _choose_k(
         shapes, projection, k, None, budget=budget, method="hierarchical", weight_shape=(m, n)
     )
-    final = [_constraint(projection, k, None, s) for s in shapes]
+    final = _capped(shapes, projection, k, None, budget, fill=automatic)
     levels = [_residual_k(projection, k, (r, n), lv, n_factors - 1) for lv in range(1, n_factors)]
     info = {"k": k, "residual_k": levels}
     scale = float(W.abs().max())
@@ -451,12 +526,15 @@ def fit_hierarchical(
     residual, lam = target / norm, norm
     # Factors are updated right to left, the residual (rightmost) first from zero: with
     # ties broken by index this is what lets the splits find the butterflies of a Hadamard matrix.
+    # A split runs without the caps (on a Hadamard matrix its first projections pass them on the
+    # way to the butterflies); the global pass after it projects every factor into its capped set.
     for level, res_k in enumerate(levels, start=1):
-        loose = _constraint(projection, res_k, None, (r, n))
+        # the last split's residual is the last factor: in its own (capped) set
+        loose = final[-1] if level == len(levels) else _constraint(projection, res_k, None, (r, n))
         split = _Palm(
             residual,
             _start([(residual.shape[0], r), (r, n)], W, right_to_left=True),
-            [final[level - 1], loose],
+            [replace(final[level - 1], cap=None, fill=False), replace(loose, cap=None, fill=False)],
             lam=1.0,
             generator=generator,
             right_to_left=True,
@@ -481,7 +559,8 @@ def fit_hierarchical(
         if finished:
             finished = whole.run(n_iter=n_iter, tol=tol, report=steps)
         peeled, residual, lam = whole.factors[:-1], whole.factors[-1], whole.lam
-        if not finished:  # stopped early: put the residual in the final set and refit lambda
+        if not finished:  # stopped early: put the factors in their final sets and refit lambda
+            peeled = [_within_cap(f, c) for f, c in zip(peeled, final)]
             peeled.append(final[-1].project(residual))
             lam = _best_scale(target, _chain(peeled), lam)
             break
@@ -501,7 +580,7 @@ def _plan(method, shape, budget, options) -> Plan:
     size = f"factor density {density}" if density is not None else f"k = {k}"
     chosen = {**options, "k": k, **({"inner_dim": r} if "inner_dim" in options else {})}
     summary = f"{len(shapes)} factors ({sizes}), {projection} with {size}"
-    return Plan(True, chosen, _worst_nnz(shapes, projection, fewest, density), summary)
+    return Plan(True, chosen, _fewest_nnz(shapes, projection, fewest, density), summary)
 
 
 def _work(m, n, options, gram):
@@ -519,8 +598,9 @@ def _shared_options():
         "k": Option(
             int,
             None,
-            "Nonzeros per row/column of each factor (for 'sp': k times the factor's row count in all); "
-            "default: the largest k that fits the budget.",
+            "Nonzeros per row/column of each factor (for 'sp': k times the factor's row count in all), "
+            "each factor capped at its share of the budget; default: the largest k that fits, each "
+            "factor then filled with its largest other entries to its share.",
             low=1,
             at_most_largest_side=True,
         ),
