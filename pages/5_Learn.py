@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from dsf_app import figures, job_results, jobs, learn, session, toys
+from dsf_app import figures, job_results, jobs, learn, numbers, session, toys
 from dsf_core import METHODS
 
 COMPARE_JOB, HADAMARD_JOB, LOW_RANK_JOB = "learn_compare_job", "learn_had_job", "learn_lr_job"
@@ -29,7 +29,7 @@ def show_comparison(result: learn.Comparison, prefix: str, title: str, built_for
     """The table and bar chart of a comparison, with who won (computed from its rows), what Stop
     left out and what could not run."""
     st.markdown(learn.verdict(result.rows, built_for))
-    st.dataframe(pd.DataFrame(result.rows), hide_index=True, width="stretch", key=f"{prefix}_table")
+    numbers.table(pd.DataFrame(result.rows), key=f"{prefix}_table")
     st.plotly_chart(learn.error_bars(result.rows, title), key=f"{prefix}_bars", width="stretch")
     st.caption(
         f"Relative error ||W - Ŵ||_F / ||W||_F (log scale) at density {result.density:.4g}, "
@@ -49,7 +49,7 @@ def rows_so_far(job: jobs.Job) -> None:
     """A running job's progress: the table rows (or steps) reported so far."""
     rows = [row for row in job.progress if isinstance(row, dict)]
     if rows:
-        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        numbers.table(pd.DataFrame(rows))
 
 
 def show_job(job_key: str, cache_key, draw) -> None:
@@ -155,8 +155,8 @@ if st.button("Find the butterflies", key="learn_had_run", type="primary"):
 
 def show_hadamard(demo: learn.HadamardDemo) -> None:
     cols = st.columns(3)
-    cols[0].metric("Hierarchical PALM4MSA error", f"{demo.hierarchical_error:.2e}")
-    cols[1].metric(f"SVD error (rank {demo.svd.info['rank']})", f"{demo.svd_error:.3f}")
+    cols[0].metric("Hierarchical PALM4MSA error", numbers.readable(demo.hierarchical_error))
+    cols[1].metric(f"SVD error (rank {demo.svd.info['rank']})", numbers.readable(demo.svd_error))
     cols[2].metric("Stored parameters", f"{demo.hierarchical.n_params:,} vs {demo.svd.n_params:,}")
     if demo.stopped:
         st.info("Stopped before the search finished: the factors below are where it had got to.")
