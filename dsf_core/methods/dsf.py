@@ -138,8 +138,10 @@ def _alternate(runs, W, gram, progress, n_rounds, admm_steps, tol, refit_steps, 
     for t in range(n_rounds):
         try:
             if len(runs) > 1 and t == split_trials:
-                go_on = lambda step: progress.beat(t, 0.0)  # noqa: E731
-                trials = {run.split: _refitted_error(W, gram, run, refit_steps, go_on) for run in runs}
+                trials = {
+                    run.split: _refitted_error(W, gram, run, refit_steps, lambda step, t=t: progress.beat(t, 0.0))
+                    for run in runs
+                }
                 runs = [min(runs, key=lambda run: trials[run.split])]
             objectives = [
                 run.round(t, n_rounds, admm_steps, tol, _round_beats(progress, t, admm_steps, i, len(runs)))
@@ -147,7 +149,7 @@ def _alternate(runs, W, gram, progress, n_rounds, admm_steps, tol, refit_steps, 
             ]
             if not all(map(math.isfinite, objectives)):
                 raise torch.linalg.LinAlgError("non-finite objective")
-        except _Stopped:  # asked to stop inside the round: its half-done factors are dropped
+        except _Stopped:  # asked to stop inside the round: half-done factors are dropped
             break
         except torch.linalg.LinAlgError:
             warnings.warn(
