@@ -95,7 +95,8 @@ def main():
                             ref_s.append(seconds)
                 err = dsf_core.weighted_relative_error(W, approx, measure) if aware else dsf_core.relative_error(W, approx)
                 row = [f"{depth}.{name}", "x".join(map(str, W.shape)), "act" if aware else "I", density,
-                       f"{err:.4f}", f"{statistics.median(ours_s):.2f}", result.info["rounds"]]
+                       f"{err:.4f}", f"{statistics.median(ours_s):.2f}", result.info["rounds"],
+                       f"{result.info['chosen']['split']:.3f}"]
                 if reference is not None:
                     ref_err = (dsf_core.weighted_relative_error(W, ref_approx, measure) if aware
                                else dsf_core.relative_error(W, ref_approx))
@@ -105,7 +106,7 @@ def main():
                             f"{speedups[-1]:.1f}x", f"{nnz}/{ref_nnz}"]
                 rows.append(row)
                 print(" | ".join(map(str, row)), flush=True)
-    header = ["layer", "shape", "G", "density", "ours err", "ours s", "rounds"]
+    header = ["layer", "shape", "G", "density", "ours err", "ours s", "rounds", "split"]
     if reference is not None:
         header += ["ref err", "err ratio", "ref s", "speed-up", "nnz ours/ref"]
     print_table(f"DSF vs the reference (usamec/double_sparse), median of {args.repeats} alternating runs",

@@ -2,7 +2,9 @@
 
 Alternating minimisation: fix one factor, solve the sparse least-squares problem for the other by
 a few ADMM steps, swap. Works on ``W' = W diag(s)`` with ``s = sqrt(diag G)`` when a Gram matrix is
-given, and finishes with a refit of ``A`` against the full activation-weighted objective.
+given, and finishes with a refit of ``A`` against the full activation-weighted objective. The
+budget split between the factors is chosen per matrix: the first rounds run at two candidate
+splits side by side, and the one whose refitted factors are better goes on.
 
 With an ``n:m`` pattern, each factor's support search projects onto the pattern along the factor's
 input dimension (the columns of ``A`` and of ``B``) instead of its top-k; the pattern fixes both
@@ -20,7 +22,7 @@ import torch
 
 from ..exceptions import ConvergenceWarning
 from .._metrics import relative_error, weighted_relative_error
-from ._common import Fit, Progress, budget_error, nm_count, nm_mask, nm_pattern, topk_mask
+from ._common import Fit, budget_error, nm_count, nm_mask, nm_pattern, topk_mask
 from ._spec import MAX_ROUNDS, MethodSpec, Option, Plan, fixed_names, inner_dim_option, pattern_option
 
 _MASK_STEPS = 2  # ADMM steps per sub-problem that may re-choose the support; later ones keep it
@@ -56,117 +58,150 @@ def fit(
     split_trials,
 ):
     with float32_matmul_precision(matmul_precision):
-        trials = {}
-        if split is None and pattern == "unstructured" and split_trials > 0:
-            split, trials = _split_by_trials(W, budget, gram, inner_dim, admm_steps, refit_steps, split_trials, progress)
-        fit = _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps, tol, refit_steps, pattern)
-        if trials:
-            fit.info["split_trials"] = trials
-        return fit
+        m, n = W.shape
+        group = nm_pattern(pattern)
+        r, _, _ = _factor_sizes(budget, m, n, inner_dim, split, group)
+        splits = [split]
+        if group is None and split is None:
+            splits = _candidate_splits(budget, m, n, r) if 0 < split_trials < n_rounds else [_default_split(budget, m, n, r)]
+        runs = [_Run(W, budget, gram, r, share, group) for share in splits]
+        return _alternate(runs, W, gram, progress, n_rounds, admm_steps, tol, refit_steps, split_trials)
 
 
-def _split_by_trials(W, budget, gram, inner_dim, admm_steps, refit_steps, rounds, progress):
-    """Of the default rule's split and the reference's, the one whose short run (``rounds`` rounds
-    of the whole warm-start schedule, then the refit) has the lower error on the full objective;
-    and ``{split: error}`` of both."""
-    m, n = W.shape
-    r = inner_dim or min(m, n)
-    candidates = {_default_split(budget, m, n, r), _reference_split(budget, m, n, r)}
-    if len({_split_budget(budget, m, n, r, share) for share in candidates}) == 1:
-        return candidates.pop(), {}
-    errors = {}
-    for share in sorted(candidates):
-        trial = _alternate(W, budget, gram, Progress(heartbeat=progress.heartbeat), inner_dim, share, rounds, admm_steps, 0.0, refit_steps, "unstructured")
-        approx = trial.factors[0] @ trial.factors[1]
-        errors[share] = relative_error(W, approx) if gram is None else weighted_relative_error(W, approx, gram)
-    return min(errors, key=errors.get), errors
+def _candidate_splits(budget: int, m: int, n: int, r: int) -> list[float]:
+    """The default rule's split and the reference's (at most the default's: where the reference
+    gives the small-side factor more, at low density, it was worse on every MiniLM layer measured),
+    when they give the factors different budgets."""
+    default = _default_split(budget, m, n, r)
+    reference = min(_reference_split(budget, m, n, r), default)
+    if _split_budget(budget, m, n, r, default) == _split_budget(budget, m, n, r, reference):
+        return [default]
+    return [default, reference]
 
 
-def _alternate(W, budget, gram, progress, inner_dim, split, n_rounds, admm_steps, tol, refit_steps, pattern):
-    m, n = W.shape
-    group = nm_pattern(pattern)
-    r, nnz_small, nnz_large = _factor_sizes(budget, m, n, inner_dim, split, group)
-    if group is None and split is None:
-        split = _default_split(budget, m, n, r)
-    scale = _input_scale(gram, W)
-    target = W * scale  # W' = W diag(s)
-    info = {"inner_dim": r, "nnz_budget": (nnz_small, nnz_large) if m < n else (nnz_large, nnz_small)}
-    chosen = {"inner_dim": r, "split": split}
-    if not target.any():  # nothing to approximate
+class _Run:
+    """One alternation at one split: the working orientation, both factors' ADMM states and the
+    best round so far (by the relative error of the scaled, wide problem)."""
+
+    def __init__(self, W, budget, gram, r, split, group):
+        m, n = W.shape
+        _, nnz_small, nnz_large = _factor_sizes(budget, m, n, r, split, group)
+        self.transposed = m >= n
+        self.split, self.scale = split, _input_scale(gram, W)
+        self.info = {"inner_dim": r, "nnz_budget": (nnz_large, nnz_small) if self.transposed else (nnz_small, nnz_large)}
+        # The "small" factor is the one along W's smaller side (square when r == min(m, n)); for a
+        # square W it is the right factor B, on the input side, as in the reference: measured on
+        # MiniLM query layers, activation-aware, this orientation is 3-8% more accurate at the same
+        # split. Work on the wide orientation: wide ~ small (p x r) @ large (r x q), p <= q.
+        target = W * self.scale  # W' = W diag(s)
+        self.wide = target.T if self.transposed else target
+        self.wide_norm = float(torch.linalg.norm(self.wide))
+        # A's and B's input dimensions are the columns of small and large, or their rows when transposed.
+        self.small, self.large = _initial_factors(self.wide, r, nnz_small, nnz_large, group, 0 if self.transposed else 1)
+        self.best, self.best_factors = math.inf, (self.small, self.large)
+        self.stalled = 0  # rounds in a row without an improvement of tol over the best
+
+    def round(self, t, n_rounds, admm_steps, tol, beat) -> float:
+        """One round (small^T solves wide^T ~ large^T small^T, then large solves wide ~ small large);
+        its objective. Raises _Stopped or LinAlgError with the factors of the round before kept."""
+        rho0 = min(1.0, t / max(n_rounds - 3, 1)) ** 3
+        small = _transposed(_admm_solve(self.large.z.T, self.wide.T, _transposed(self.small), rho0, admm_steps, beat(0)))
+        large = _admm_solve(small.z, self.wide, self.large, rho0, admm_steps, beat(1))
+        objective = float(torch.linalg.norm(self.wide - small.z @ large.z)) / self.wide_norm
+        if math.isfinite(objective):
+            self.small, self.large = small, large
+            self.stalled = 0 if objective < self.best * (1 - tol) else self.stalled + 1
+            if objective < self.best:
+                self.best, self.best_factors = objective, (small, large)
+        return objective
+
+    def factors(self):
+        """``A`` and ``B`` of the best round, in W's orientation and scale."""
+        small, large = self.best_factors
+        a, b = (large.z.T, small.z.T) if self.transposed else (small.z, large.z)
+        return a, b / self.scale  # undo the importance scaling on the right factor
+
+
+def _alternate(runs, W, gram, progress, n_rounds, admm_steps, tol, refit_steps, split_trials):
+    """Alternate the runs side by side for ``split_trials`` rounds, keep the one whose refitted
+    factors have the lowest error on the full objective, and run it to the end; then refit."""
+    if not W.any():  # nothing to approximate
         progress(0, 0.0)
-        zeros = [W.new_zeros(m, r), W.new_zeros(r, n)]
-        return Fit(factors=zeros, sparse=[True, True], info={**info, "rounds": 0, "refitted": False}, chosen=chosen)
+        run = runs[0]
+        zeros = [W.new_zeros(W.shape[0], run.info["inner_dim"]), W.new_zeros(run.info["inner_dim"], W.shape[1])]
+        chosen = {"inner_dim": run.info["inner_dim"], "split": run.split}
+        return Fit(factors=zeros, sparse=[True, True], info={**run.info, "rounds": 0, "refitted": False}, chosen=chosen)
 
-    # The "small" factor is the one along W's smaller side (square when r == min(m, n)); for a
-    # square W it is the right factor B, on the input side, as in the reference: measured on MiniLM
-    # query layers, activation-aware, this orientation is 3-8% more accurate at the same split.
-    # Work on the wide orientation: wide ~ small (p x r) @ large (r x q), p <= q.
-    wide = target if m < n else target.T
-    wide_norm = torch.linalg.norm(wide)
-    # A's and B's input dimensions are the columns of small and large, or their rows when transposed.
     progress.beat(0, 0.0)  # started: the first report comes before any long work
-    small, large = _initial_factors(wide, r, nnz_small, nnz_large, group, 1 if m < n else 0)
-
-    best = math.inf  # the lowest objective so far; its factors are the ones returned
-    best_factors = small, large
-    stalled = 0  # rounds in a row without an improvement of tol over the best
+    trials = {}
     rounds_run = 0
     for t in range(n_rounds):
-        rho0 = min(1.0, t / max(n_rounds - 3, 1)) ** 3
         try:
-            # small^T solves wide^T ~ large^T small^T; then large solves wide ~ small large.
-            beat = _round_beats(progress, t, admm_steps)
-            new_small = _transposed(_admm_solve(large.z.T, wide.T, _transposed(small), rho0, admm_steps, beat(0)))
-            new_large = _admm_solve(new_small.z, wide, large, rho0, admm_steps, beat(1))
-            objective = float(torch.linalg.norm(wide - new_small.z @ new_large.z) / wide_norm)
-        except _Stopped:  # asked to stop inside the round: its half-done factors are dropped
+            if len(runs) > 1 and t == split_trials:
+                trials = {
+                    run.split: _refitted_error(W, gram, run, refit_steps, lambda step, t=t: progress.beat(t, 0.0))
+                    for run in runs
+                }
+                runs = [min(runs, key=lambda run: trials[run.split])]
+            objectives = [
+                run.round(t, n_rounds, admm_steps, tol, _round_beats(progress, t, admm_steps, i, len(runs)))
+                for i, run in enumerate(runs)
+            ]
+            if not all(map(math.isfinite, objectives)):
+                raise torch.linalg.LinAlgError("non-finite objective")
+        except _Stopped:  # asked to stop inside the round: half-done factors are dropped
             break
         except torch.linalg.LinAlgError:
-            objective = math.nan
-        if not math.isfinite(objective):
             warnings.warn(
                 f"DSF met a numerical failure in round {t}; returning the best factors of rounds before it.",
                 ConvergenceWarning,
                 stacklevel=4,
             )
             break
-        small, large, rounds_run = new_small, new_large, t + 1
-        improved = objective < best * (1 - tol)
-        stalled = 0 if improved else stalled + 1
-        if objective < best:
-            best, best_factors = objective, (small, large)
-        if not progress(t, objective):
+        rounds_run = t + 1
+        if not progress(t, min(objectives)):
             break
         # Late rounds start near the previous sparse iterate and barely move: stop on a plateau of
         # two rounds (one round up is ADMM noise, not yet a plateau).
-        if tol > 0 and t >= n_rounds // 2 and stalled >= 2:
+        if tol > 0 and len(runs) == 1 and t >= n_rounds // 2 and runs[0].stalled >= 2:
             break
 
-    small, large = best_factors
-    a, b = (small.z, large.z) if m < n else (large.z.T, small.z.T)
-    b = b / scale  # undo the importance scaling on the right factor
+    run = min(runs, key=lambda run: run.best)
+    a, b = run.factors()
     refitted = refit_steps > 0 and not progress.stopped
     if refitted:
         try:
             a = _refit_left(W, a, b, gram, refit_steps, lambda step: progress.beat(rounds_run, step / refit_steps))
         except _Stopped:  # asked to stop inside the refit: A as the rounds left it
             refitted = False
-    info.update(rounds=rounds_run, refitted=refitted)
-    return Fit(factors=[a, b], sparse=[True, True], info=info, chosen=chosen)
+    info = {**run.info, "rounds": rounds_run, "refitted": refitted}
+    if trials:
+        info["split_trials"] = trials
+    return Fit(factors=[a, b], sparse=[True, True], info=info, chosen={"inner_dim": run.info["inner_dim"], "split": run.split})
+
+
+def _refitted_error(W, gram, run: _Run, refit_steps: int, go_on) -> float:
+    """The error on the full objective of ``run``'s best factors after the refit of ``A``."""
+    a, b = run.factors()
+    if refit_steps > 0:
+        a = _refit_left(W, a, b, gram, refit_steps, go_on)
+    approx = a @ b
+    return relative_error(W, approx) if gram is None else weighted_relative_error(W, approx, gram)
 
 
 class _Stopped(Exception):
     """The heartbeat asked to stop inside a round."""
 
 
-def _round_beats(progress, t: int, admm_steps: int):
-    """For sub-problem ``half`` (0 or 1) of round ``t``: the function its solver calls inside its
-    inverse (step -2), after it (-1) and after each ADMM step; it reports the round's fraction done
-    and raises :class:`_Stopped` when asked to stop."""
+def _round_beats(progress, t: int, admm_steps: int, run: int = 0, n_runs: int = 1):
+    """For sub-problem ``half`` (0 or 1) of run ``run`` (of ``n_runs`` side by side) in round ``t``:
+    the function its solver calls inside its inverse (step -2), after it (-1) and after each ADMM
+    step; it reports the round's fraction done and raises :class:`_Stopped` when asked to stop."""
 
     def for_half(half: int):
         def beat(step: int) -> None:
-            if not progress.beat(t, (half + max(step + 2, 0) / (admm_steps + 1)) / 2):
+            done = (half + max(step + 2, 0) / (admm_steps + 1)) / 2
+            if not progress.beat(t, (run + done) / n_runs):
                 raise _Stopped
 
         return beat
@@ -323,24 +358,31 @@ def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int, beat=lam
 
 def _refit_left(W, a, b, gram, steps: int, go_on=lambda step: True):
     """Refit ``A``'s values on its support against ``tr((W - A B) G (W - A B)^T)`` (``G = I`` when
-    data-free), ``B`` fixed: ADMM on the frozen support. ``go_on(step)`` is asked after each step;
-    :class:`_Stopped` is raised when it says no."""
-    bg = b if gram is None else b @ gram
-    gram_b, norms = _unit_diagonal(bg @ b.T)  # B G B^T
-    rhs = (bg @ W.T) / norms[:, None]  # B G W^T
-    eye = torch.eye(gram_b.shape[0], dtype=gram_b.dtype, device=gram_b.device)
-    inverse = spd_inverse(gram_b + eye)
-    mask = a.T != 0
-    x, u = a.T * norms[:, None], torch.zeros_like(a.T)
-    for step in range(steps):
-        v = x + u
-        z = v * mask
-        u = v - z
-        if step < steps - 1:  # the last solve's x would be thrown away
-            x = inverse @ (rhs + z - u)
-        if not go_on(step):
-            raise _Stopped
-    return (z / norms[:, None]).T
+    data-free), ``B`` fixed: conjugate gradients on each row of ``A`` restricted to its support, all
+    rows at once, warm-started at ``A`` (Jacobi-preconditioned; converges in far fewer steps than
+    ADMM). ``go_on(step)`` is asked after each step; :class:`_Stopped` is raised when it says no."""
+    with float32_matmul_precision("highest"):  # CG's recurrences drift with bfloat16-based products
+        bg = b if gram is None else b @ gram
+        hessian = bg @ b.T  # B G B^T
+        mask = (a.T != 0).to(a.dtype)
+        x = a.T * mask
+        residual = ((bg @ W.T) - hessian @ x) * mask  # minus the gradient, on the support
+        diagonal = hessian.diagonal().clamp_min(1e-12 * max(float(hessian.diagonal().max()), 1e-30))[:, None]
+        z = residual / diagonal
+        direction, rz = z, (residual * z).sum(0)
+        for step in range(steps):
+            curved = (hessian @ direction) * mask
+            curvature = (direction * curved).sum(0)
+            alpha = torch.where(curvature > 0, rz / curvature.clamp_min(1e-30), 0.0)
+            x = x + alpha * direction
+            residual = residual - alpha * curved
+            z = residual / diagonal
+            rz_new = (residual * z).sum(0)
+            direction = z + torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), 0.0) * direction
+            rz = rz_new
+            if not go_on(step):
+                raise _Stopped
+    return x.T
 
 
 def spd_inverse(matrix: torch.Tensor, leaf: int = 96, tick=lambda: None) -> torch.Tensor:
@@ -380,7 +422,7 @@ def plan(shape, budget, options) -> Plan:
     r, nnz_small, nnz_large = _factor_sizes(budget, m, n, inner_dim, split, group)
     if group is None:
         min_budget = 2
-        if split is None and options["split_trials"] == 0:
+        if split is None and not 0 < options["split_trials"] < options["n_rounds"]:
             split = _default_split(budget, m, n, r)
     else:
         low = inner_dim or 1
@@ -405,9 +447,10 @@ SPECS = (
             "split": Option(
                 float,
                 None,
-                "Fraction of the budget given to the factor on the smaller side of W; default: "
-                "the larger of the reference's share (that factor at density 0.16, or 0.25 if W "
-                "is not square) and the share giving both factors equal density, at most 0.5.",
+                "Fraction of the budget given to the factor on the smaller side of W; default: chosen "
+                "by split_trials between the default rule's share (the larger of the reference's "
+                "and the one giving both factors equal density, at most 0.5) and the reference's "
+                "(that factor at density 0.16, or 0.25 if W is not square; at most the default's).",
                 low=0.0,
                 high=1.0,
                 low_open=True,
@@ -415,7 +458,7 @@ SPECS = (
             ),
             "n_rounds": Option(
                 int,
-                34,
+                40,
                 "Outer alternation rounds (each solves A, then B); the warm-start schedule "
                 "spans them.",
                 low=1,
@@ -446,10 +489,10 @@ SPECS = (
             "pattern": pattern_option(),
             "split_trials": Option(
                 int,
-                0,
-                "With split on auto: rounds of a short run (whole schedule, then the refit) for each "
-                "of two splits, the default rule's and the reference's; the full run takes the one "
-                "with the lower error on the full objective. 0: the default rule alone.",
+                4,
+                "With split on auto: rounds run side by side at two splits, the default rule's and "
+                "the reference's; then the one whose refitted factors have the lower error on the "
+                "full objective goes on alone. 0 (or at least n_rounds): the default rule alone.",
                 low=0,
                 high=MAX_ROUNDS,
             ),
