@@ -112,19 +112,21 @@ def _support(scores: torch.Tensor, projection: str, count: int, cap: int | None 
     if cap is None or int(union.count_nonzero()) <= cap:
         return union
     base = by_row if scores.shape[0] >= scores.shape[1] else by_col
-    rest = union & ~base
-    room = cap - int(base.count_nonzero())
-    return base | (rest & topk_mask(torch.where(rest, scores, -1.0), room))
+    return _add_largest(scores, base, union & ~base, cap)
 
 
 def _top_up(scores: torch.Tensor, kept: torch.Tensor, cap: int) -> torch.Tensor:
     """``kept`` with the largest entries outside it added, up to ``cap`` entries in all; entries
     below ``_FILL_RTOL`` of the largest are not worth storing (on a Hadamard matrix all the
     others fall to rounding noise once the butterflies are found)."""
+    return _add_largest(scores, kept, ~kept & (scores > _FILL_RTOL * scores.max()), cap)
+
+
+def _add_largest(scores: torch.Tensor, kept: torch.Tensor, candidates: torch.Tensor, cap: int) -> torch.Tensor:
+    """``kept`` with the largest ``candidates`` (by ``scores``) added, up to ``cap`` entries in all."""
     room = cap - int(kept.count_nonzero())
     if room <= 0:
         return kept
-    candidates = ~kept & (scores > _FILL_RTOL * scores.max())
     return kept | (candidates & topk_mask(torch.where(candidates, scores, -1.0), room))
 
 
