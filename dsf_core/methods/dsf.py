@@ -489,7 +489,7 @@ SPECS = (
             "pattern": pattern_option(),
             "split_trials": Option(
                 int,
-                4,
+                2,
                 "With split on auto: rounds run side by side at two splits, the default rule's and "
                 "the reference's; then the one whose refitted factors have the lower error on the "
                 "full objective goes on alone. 0 (or at least n_rounds): the default rule alone.",
