@@ -109,10 +109,11 @@ def factorize(
         if spec.structure == "pruned" and not fit.info.get("updates_weights"):
             # pruning: the kept weights are W's own, bit for bit
             factors[0] = torch.where(factors[0] != 0, matrix.to(factors[0]), 0)
+    overflow = ValueError(
+        f"The {method!r} approximation does not fit in {dtype} (its values overflow); pass the weight as float64."
+    )
     if not all(bool(torch.isfinite(f).all()) for f in factors):
-        raise ValueError(
-            f"The {method!r} approximation does not fit in {dtype} (its values overflow); pass the weight as float64."
-        )
+        raise overflow
     result = Factorization(
         method=method,
         options=resolved,
@@ -130,6 +131,8 @@ def factorize(
             "row_weighted": rows is not None,
         },
     )
+    if len(factors) > 1 and not bool(torch.isfinite(result.to_matrix()).all()):  # finite factors, overflowing product
+        raise overflow
     if result.n_params > budget:
         raise RuntimeError(
             f"internal error: {method!r} stored {result.n_params} parameters, over the budget {budget}."
