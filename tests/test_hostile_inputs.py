@@ -236,7 +236,7 @@ def test_calibration_counts_and_method_options_are_bounded(monkeypatch):
     start = time.perf_counter()
     with pytest.raises(ValueError, match="at most the weight's larger side 16"):
         factorize(weight, "dsf", density=0.5, inner_dim=8000)
-    for option in ("n_rounds", "admm_steps", "refit_steps", "split_trials"):
+    for option in ("n_rounds", "admm_steps", "refit_steps"):
         with pytest.raises(ValueError, match="must be in the range"):
             factorize(weight, "dsf", density=0.5, **{option: 10**12})
     with pytest.raises(ValueError, match="must be in the range"):

@@ -39,10 +39,6 @@ def test_the_plan_covers_every_method_with_its_defaults():
     assert plans == {name: spec.plan((8, 8), 32) for name, spec in METHODS.items()}
 
 
-# Options a method's plan leaves open (None) because the run itself decides them.
-CHOSEN_AT_RUN_TIME = {"dsf": ("split",)}  # DSF's split_trials rounds
-
-
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("shape, density", CASES)
 def test_plan_matches_what_the_method_does(shape, density, method):
@@ -54,12 +50,8 @@ def test_plan_matches_what_the_method_does(shape, density, method):
         assert plan.reason and not plan.summary and plan.min_budget > budget(shape, density)
         return
     assert plan.summary and not plan.reason and plan.min_budget <= budget(shape, density)
-    chosen = result.info["chosen"]
-    at_run_time = {name for name in chosen if plan.options[name] is None}
-    assert at_run_time <= set(CHOSEN_AT_RUN_TIME.get(method, ())), at_run_time
-    planned = {name: value for name, value in chosen.items() if name not in at_run_time}
-    assert {name: plan.options[name] for name in planned} == planned
-    assert result.options == {**plan.options, **{name: result.options[name] for name in chosen}}
+    assert {name: plan.options[name] for name in result.info["chosen"]} == result.info["chosen"]
+    assert result.options == {**plan.options, **{name: result.options[name] for name in result.info["chosen"]}}
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -87,7 +79,6 @@ def test_a_given_option_moves_the_minimum():
 def test_automatic_options_are_the_plans_choices():
     assert automatic_options("svd", (24, 40), 0.5) == {"rank": 480 // 64}
     assert automatic_options("svd", (24, 40), 0.5, rank=2) == {}  # nothing left automatic
-    assert set(automatic_options("dsf", (24, 40), 0.5)) == {"inner_dim"}  # its trial rounds pick the split
-    assert set(automatic_options("dsf", (24, 40), 0.5, split_trials=0)) == {"inner_dim", "split"}
+    assert set(automatic_options("dsf", (24, 40), 0.5)) == {"inner_dim", "split"}
     with pytest.raises(BudgetError, match="rank 1"):
         automatic_options("svd", (24, 40), 0.01)
