@@ -219,10 +219,10 @@ def _auto_split(budget: int, m: int, n: int, r: int) -> float:
 
     Where the reference gives the small-side factor more than half (low density: 0.25 on a square
     W), half was better on every MiniLM, tiny-lm and Gaussian matrix measured (up to 23% lower
-    error), though up to 7% worse on a low-rank weight plus noise. Elsewhere no rule measured was safer than
-    the reference's share: a larger one was better on some layers (up to 15% lower error) and worse
-    on others (up to 32% higher), and short trial runs at both shares misjudged which, because the
-    larger share leads in the early rounds and falls behind later.
+    error), though up to 7% worse on a low-rank weight plus noise. Elsewhere no rule measured was
+    safer than the reference's share: a larger one was better on some layers (up to 15% lower
+    error) and worse on others (up to 32% higher), and short trial runs at both shares misjudged
+    which, because the larger share leads in the early rounds and falls behind later.
     """
     return min(_reference_split(budget, m, n, r), 0.5)
 
