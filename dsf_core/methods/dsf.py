@@ -57,10 +57,8 @@ def fit(
     with float32_matmul_precision(matmul_precision):
         m, n = W.shape
         group = nm_pattern(pattern)
-        r, _, _ = _factor_sizes(budget, m, n, inner_dim, split, group)
-        if group is None and split is None:
-            split = _auto_split(budget, m, n, r)
-        run = _Run(W, budget, gram, r, split, group)
+        r, split, nnz_small, nnz_large = _factor_sizes(budget, m, n, inner_dim, split, group)
+        run = _Run(W, gram, r, split, nnz_small, nnz_large, group)
         return _alternate(run, W, gram, progress, n_rounds, admm_steps, tol, refit_steps)
 
 
@@ -68,9 +66,8 @@ class _Run:
     """The alternation's state: the working orientation, both factors' ADMM states and the best
     round so far (by the relative error of the scaled, wide problem)."""
 
-    def __init__(self, W, budget, gram, r, split, group):
+    def __init__(self, W, gram, r, split, nnz_small, nnz_large, group):
         m, n = W.shape
-        _, nnz_small, nnz_large = _factor_sizes(budget, m, n, r, split, group)
         self.transposed = m >= n
         self.split, self.scale = split, _input_scale(gram, W)
         self.info = {"inner_dim": r, "nnz_budget": (nnz_large, nnz_small) if self.transposed else (nnz_small, nnz_large)}
@@ -183,26 +180,26 @@ def float32_matmul_precision(precision: str):
         torch.set_float32_matmul_precision(previous)
 
 
-def _factor_sizes(budget: int, m: int, n: int, inner_dim, split, group) -> tuple[int, int, int]:
-    """The inner dimension, and the nonzeros of the small-side factor and of the other one."""
+def _factor_sizes(budget: int, m: int, n: int, inner_dim, split, group) -> tuple[int, float | None, int, int]:
+    """The inner dimension, the split (``split`` or :func:`_auto_split`; None under a pattern), and
+    the nonzeros of the small-side factor and of the other one."""
     if group is None:
+        if budget < 2:
+            raise budget_error("dsf", 2, budget, "one nonzero in each factor", (m, n))
         r = inner_dim or min(m, n)
-        return (r, *_split_budget(budget, m, n, r, split))
+        split = _auto_split(budget, m, n, r) if split is None else split
+        return (r, split, *_split_budget(budget, m, n, r, split))
     if split is not None:
         raise ValueError("dsf: the option 'split' does not apply with an n:m pattern (the pattern fixes both factors).")
     r = _pattern_inner_dim(budget, m, n, group, inner_dim)
     nnz_a, nnz_b = nm_count((m, r), *group), nm_count((r, n), *group)
-    return (r, nnz_a, nnz_b) if m < n else (r, nnz_b, nnz_a)
+    return (r, None, nnz_a, nnz_b) if m < n else (r, None, nnz_b, nnz_a)
 
 
-def _split_budget(budget: int, m: int, n: int, r: int, split):
+def _split_budget(budget: int, m: int, n: int, r: int, split: float):
     """Nonzeros for the small-side factor (``min(m,n) x r``; ``B`` when W is square) and the other
-    one, ``split`` (default :func:`_auto_split`) of the budget going to the first."""
+    one, ``split`` of the budget going to the first."""
     side, other = min(m, n), max(m, n)
-    if budget < 2:
-        raise budget_error("dsf", 2, budget, "one nonzero in each factor", (m, n))
-    if split is None:
-        split = _auto_split(budget, m, n, r)
     nnz_small = min(max(int(split * budget), 1), side * r, budget - 1)
     nnz_large = min(budget - nnz_small, r * other)
     return nnz_small, nnz_large
@@ -382,11 +379,9 @@ def plan(shape, budget, options) -> Plan:
     m, n = shape
     group = nm_pattern(options["pattern"])
     inner_dim, split = options["inner_dim"], options["split"]
-    r, nnz_small, nnz_large = _factor_sizes(budget, m, n, inner_dim, split, group)
+    r, split, nnz_small, nnz_large = _factor_sizes(budget, m, n, inner_dim, split, group)
     if group is None:
         min_budget = 2
-        if split is None:
-            split = _auto_split(budget, m, n, r)
     else:
         low = inner_dim or 1
         min_budget = nm_count((m, low), *group) + nm_count((low, n), *group)
