@@ -37,11 +37,10 @@ def cached_metrics(store: str, key) -> dict | None:
 
 def measure(store: str, key, bundle, layer_name: str, result: Factorization) -> dict:
     """:func:`model_metrics` of run ``key``, computed once and kept in the session's cache ``store``."""
-    cache = st.session_state.setdefault(store, {})
-    metrics = job_results.recall(cache, key)
+    metrics = cached_metrics(store, key)
     if metrics is None:
         metrics = model_metrics(bundle, layer_name, result)
-        job_results.remember(cache, key, metrics)
+        job_results.remember(st.session_state[store], key, metrics)
     return metrics
 
 
