@@ -76,6 +76,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed runs of each; medians reported")
     parser.add_argument("--dsf", action="store_true", help="also DSF in the every-method table (slower)")
     args = parser.parse_args()
+    methods = ("magnitude", "wanda", "sparsegpt") + (("dsf",) if args.dsf else ())  # the every-method table
     torch.set_num_threads(args.threads)
     print(f"# SparseGPT benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu "
           f"({platform.processor() or 'CPU'}), {os.cpu_count()} CPU cores, {args.sentences} calibration sentences")
@@ -107,7 +108,7 @@ def main():
             print(" | ".join(map(str, rows[-1])), flush=True)
             if pattern in COMPARED_PATTERNS:
                 cells, errors = [], {}
-                for method in ("magnitude", "wanda", "sparsegpt") + (("dsf",) if args.dsf else ()):
+                for method in methods:
                     if method == "sparsegpt":  # measured above
                         method_approx, seconds = approx, statistics.median(times_ours)
                     else:
@@ -124,7 +125,6 @@ def main():
                 f"median of {args.repeats} alternating runs", header + ["ours nnz"], rows)
     if ratios:
         print(f"\nerror ratio ours/reference: median {statistics.median(ratios):.3f}, worst {max(ratios):.3f}")
-    methods = ("magnitude", "wanda", "sparsegpt") + (("dsf",) if args.dsf else ())
     print_table("Activation-weighted error and seconds at density 0.5 (DSF with --dsf; under a pattern, "
                 "DSF puts it on both factors)",
                 ["layer", "pattern", *(f"{m} {c}" for m in methods for c in ("err", "s")), "lowest error"],
