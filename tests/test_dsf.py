@@ -64,6 +64,35 @@ def test_activation_aware_beats_data_free_on_the_weighted_error():
     assert aware.info["refitted"] and not no_refit.info["refitted"]
 
 
+def _best_left_factor(W, b, support, gram):
+    """Oracle: the ``A`` on ``support`` minimising ``tr((W - A B) G (W - A B)^T)``, ``B`` fixed, by
+    least squares row by row (``G = L L^T``)."""
+    bl = b @ torch.linalg.cholesky(gram)
+    a = torch.zeros(support.shape, dtype=W.dtype)
+    for i, row in enumerate(support):
+        design = bl[row].T
+        a[i, row] = torch.linalg.lstsq(design, (W[i] @ torch.linalg.cholesky(gram))[:, None]).solution[:, 0]
+    return a
+
+
+def test_refit_uses_the_whole_gram_on_both_factors():
+    # Correlated inputs: the rounds weigh only diag(G), the refits the whole G.
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(40, 32, generator=g, dtype=torch.float64)
+    X = torch.randn(256, 32, generator=g, dtype=torch.float64) @ torch.randn(32, 32, generator=g, dtype=torch.float64)
+    gram = X.T @ X / 256
+    rounds_only = factorize(W, "dsf", density=0.4, gram=gram, refit_steps=0)
+    refitted = factorize(W, "dsf", density=0.4, gram=gram, refit_steps=300)
+    a0, b0 = rounds_only.factors
+    a, b = refitted.factors
+    assert torch.equal(a != 0, a0 != 0) and torch.equal(b != 0, b0 != 0)  # supports kept
+    # A ends optimal for its B (the last refit); refitting B too beats the best A for the rounds' B.
+    torch.testing.assert_close(a, _best_left_factor(W, b, a != 0, gram), rtol=1e-6, atol=1e-8)
+    best_a_only = _best_left_factor(W, b0, a0 != 0, gram)
+    d0, d = W - best_a_only @ b0, W - a @ b
+    assert (d @ gram * d).sum() < 0.9 * (d0 @ gram * d0).sum()
+
+
 @pytest.mark.parametrize("shape", [(48, 64), (64, 64), (96, 32)])
 @pytest.mark.parametrize("density", [0.01, 0.05, 0.16, 0.3, 0.9, 1.0])
 def test_any_density_works(shape, density):
