@@ -323,7 +323,7 @@ def _refit(W, a, b, gram, steps: int, go_on=lambda fraction: True):
     """Refit the factors' values on their supports against ``tr((W - A B) G (W - A B)^T)`` (``G = I``
     data-free), ``steps`` conjugate-gradient steps each time: ``A`` with ``B`` fixed, then, when a
     Gram is given, ``B`` and ``A`` again. The rounds weigh only ``diag(G)``; using the whole Gram
-    lowered MiniLM layers' weighted error by a further 3-50% (most on ``output.dense``).
+    lowered MiniLM layers' weighted error by a further 2-50% (most on ``output.dense``).
     Returns the refitted factors, or None where they do not lower the objective.
     ``go_on(fraction)`` is asked after each step; :class:`_Stopped` is raised when it says no."""
     with float32_matmul_precision("highest"):  # CG's recurrences drift with bfloat16-based products
