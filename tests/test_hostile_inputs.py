@@ -417,6 +417,8 @@ def test_ctrl_c_during_compress_exits_130_and_writes_nothing(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "dsf_core", "compress", "tiny-lm", "--method", "dsf", "--density", "0.5", "--out", str(out)],
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV,
+        # Ctrl-C in a terminal meets SIGINT's default action; a background shell job would inherit "ignored".
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(8)  # past start-up, inside the compression
     process.send_signal(signal.SIGINT)
