@@ -67,11 +67,11 @@ def test_activation_aware_beats_data_free_on_the_weighted_error():
 def _best_left_factor(W, b, support, gram):
     """Oracle: the ``A`` on ``support`` minimising ``tr((W - A B) G (W - A B)^T)``, ``B`` fixed, by
     least squares row by row (``G = L L^T``)."""
-    bl = b @ torch.linalg.cholesky(gram)
+    factor = torch.linalg.cholesky(gram)
+    design, target = b @ factor, W @ factor
     a = torch.zeros(support.shape, dtype=W.dtype)
     for i, row in enumerate(support):
-        design = bl[row].T
-        a[i, row] = torch.linalg.lstsq(design, (W[i] @ torch.linalg.cholesky(gram))[:, None]).solution[:, 0]
+        a[i, row] = torch.linalg.lstsq(design[row].T, target[i][:, None]).solution[:, 0]
     return a
 
 
