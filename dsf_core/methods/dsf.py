@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .._metrics import relative_error, weighted_relative_error
 from ..exceptions import ConvergenceWarning
 from ._common import Fit, budget_error, nm_count, nm_mask, nm_pattern, topk_mask
 from ._spec import MAX_ROUNDS, MethodSpec, Option, Plan, fixed_names, inner_dim_option, pattern_option
@@ -327,18 +328,18 @@ def _refit(W, a, b, gram, steps: int, go_on=lambda fraction: True):
     Returns the refitted factors, or None where they do not lower the objective.
     ``go_on(fraction)`` is asked after each step; :class:`_Stopped` is raised when it says no."""
     with float32_matmul_precision("highest"):  # CG's recurrences drift with bfloat16-based products
-        objective = _objective(W, a, b, gram)
+        before = _error(W, a, b, gram)
         phases = [_refit_left] if gram is None else [_refit_left, _refit_right, _refit_left]
         for phase, refit in enumerate(phases):
             a, b = refit(W, a, b, gram, steps, lambda step, phase=phase: go_on((phase + step / steps) / len(phases)))
-        refitted = _objective(W, a, b, gram)
-    return (a, b) if refitted <= objective else None  # also None for a non-finite refit
+        after = _error(W, a, b, gram)
+    return (a, b) if after <= before else None  # also None for a non-finite refit
 
 
-def _objective(W, a, b, gram) -> float:
-    """``tr(D G D^T)`` for ``D = W - A B`` (``G = I`` when None)."""
-    difference = W - a @ b
-    return float(((difference if gram is None else difference @ gram) * difference).sum())
+def _error(W, a, b, gram) -> float:
+    """The relative error of ``A B``, activation-weighted when a Gram is given."""
+    approx = a @ b
+    return relative_error(W, approx) if gram is None else weighted_relative_error(W, approx, gram)
 
 
 def _refit_left(W, a, b, gram, steps, go_on):
