@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dsf_app import numbers, session, state
+from dsf_app import in_model, numbers, session, state
 from dsf_app.messages import or_stop, plain_message
 from dsf_core.layers import list_layers
 from dsf_core.limits import human_bytes
@@ -197,7 +197,7 @@ def lazy_summary(lazy) -> None:
     if session.whole_model_allowed("Evaluating the dense model loads the whole model"):
         bundle = session.current_bundle()
         metrics = or_stop("evaluate the model", session.dense_metrics, session.current_choice())
-        st.metric(bundle.metric_name.replace("_", " "), numbers.readable(metrics[bundle.metric_name], 4))
+        st.metric(in_model.metric_label(bundle), numbers.readable(metrics[bundle.metric_name], 4))
 
 
 model = session.current_model()
@@ -215,7 +215,7 @@ cols = st.columns(4)
 cols[0].metric("Parameters", f"{n_params:,}")
 cols[1].metric("Factorizable layers", len(layers))
 cols[2].metric("In those layers", f"{sum(layer.n_params for layer in layers) / max(n_params, 1):.0%}")
-cols[3].metric(bundle.metric_name.replace("_", " "), numbers.readable(metrics[bundle.metric_name], 4))
+cols[3].metric(in_model.metric_label(bundle), numbers.readable(metrics[bundle.metric_name], 4))
 if not layers:
     st.warning(
         "This model has no layer DSF Explorer can factorize (Linear, ungrouped Conv2d, transformers Conv1D). "
