@@ -43,6 +43,12 @@ def config(family: str, n_layers: int = 2):
                             word_embed_proj_dim=32, max_position_embeddings=64)
     if family == "bert":
         return tf.BertConfig(**common, max_position_embeddings=64)
+    # Families streamed by reading the skeleton (not named in dsf_core.streaming.families): Gemma2 scales
+    # its embeddings by a computed buffer and soft-caps its logits; BLOOM's blocks return tuples.
+    if family == "gemma2":
+        return tf.Gemma2Config(**common, num_key_value_heads=1, head_dim=16, sliding_window=8, max_position_embeddings=64)
+    if family == "bloom":
+        return tf.BloomConfig(vocab_size=VOCAB, n_layer=n_layers, hidden_size=32, n_head=2)
     raise ValueError(family)
 
 

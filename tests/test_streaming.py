@@ -25,7 +25,8 @@ def model_dirs(tmp_path_factory):
 
 
 def _blocks_pattern(family):
-    return {"gpt2": "transformer.h.*", "opt": "model.decoder.layers.*", "bert": "encoder.layer.*"}.get(family, "model.layers.*")
+    blocks = {"gpt2": "transformer.h", "bloom": "transformer.h", "opt": "model.decoder.layers", "bert": "encoder.layer"}
+    return blocks.get(family, "model.layers") + ".*"
 
 
 def _outputs(model, ids):
@@ -101,6 +102,22 @@ def test_perplexity_before_and_after_matches_the_whole_model(model_dirs, tmp_pat
     compressed = load_compressed(tmp_path / "out")
     assert result.compressed_perplexity == pytest.approx(dense.evaluate(compressed)["perplexity"], rel=1e-5)
     assert result.compressed_perplexity != pytest.approx(result.dense_perplexity, rel=1e-3)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "bloom"])
+def test_a_family_read_from_its_skeleton_streams_as_in_memory(family, tmp_path):
+    directory = save_model(family, tmp_path / family)
+    result = compress_streaming(directory, "wanda", 0.5, calibration=8, seq_len=SEQ_LEN, eval_text=TEXT,
+                                out=tmp_path / "out")
+    dense = load_hf(str(directory), seq_len=SEQ_LEN, text_file=str(TEXT))
+    memory = compress_model(dense, "wanda", 0.5, layers=_blocks_pattern(family), calibration=8, evaluate=False)
+    assert [(r.name, r.n_params) for r in result.layers] == [(r.name, r.n_params) for r in memory.layers]
+    for mine, theirs in zip(result.layers, memory.layers):
+        assert mine.weighted_error == pytest.approx(theirs.weighted_error, rel=1e-5)
+    assert result.dense_perplexity == pytest.approx(dense.evaluate(dense.model)["perplexity"], rel=1e-6)
+    compressed = load_compressed(tmp_path / "out")
+    assert result.compressed_perplexity == pytest.approx(dense.evaluate(compressed)["perplexity"], rel=1e-6)
+    assert not torch.allclose(_outputs(compressed, _tokens()), _outputs(dense.model, _tokens()), atol=1e-3)
 
 
 def test_bfloat16_forward_keeps_float32_factors_and_the_same_result(model_dirs, tmp_path):

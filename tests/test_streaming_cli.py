@@ -50,8 +50,12 @@ def _bad_inputs(dirs):
     (not_model / "notes.txt").write_text("hello")
     other = root / "other-family"
     other.mkdir()
-    (other / "config.json").write_text(json.dumps({"model_type": "gpt_neo", "num_layers": 2, "hidden_size": 32,
-                                                   "attention_types": [[["global"], 2]], "num_heads": 2}))
+    (other / "config.json").write_text(json.dumps({"model_type": "distilbert", "n_layers": 2, "dim": 32, "n_heads": 2,
+                                                   "hidden_dim": 64}))  # an encoder that is not bert
+    renamed = root / "renamed-tensors"
+    renamed.mkdir()
+    (renamed / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "num_hidden_layers": 2, "hidden_size": 32,
+                                                     "num_attention_heads": 2, "intermediate_size": 64}))
     busy = root / "busy-out"
     busy.mkdir()
     (busy / "mine.txt").write_text("keep me")
@@ -65,6 +69,7 @@ def _bad_inputs(dirs):
         ("no gpu", ("compress", llama, *base, "--device", "cuda"), "no CUDA GPU"),
         ("busy out", ("compress", llama, *base, "--out", busy), "not empty"),
         ("other family", ("compress", other, *base), "--in-memory"),
+        ("renamed tensors", ("compress", renamed, *base), "renames or fuses"),
         ("resume without a run", ("compress", llama, *base, "--out", root / "fresh", "--resume"), "no previous run"),
     ]
 
@@ -77,7 +82,8 @@ def bad_runs(dirs):
 
 
 @pytest.mark.parametrize("name", ["not a model", "missing shard", "mismatched shard", "no tokenizer", "seq-len too long",
-                                  "no gpu", "busy out", "other family", "resume without a run"])
+                                  "no gpu", "busy out", "other family", "renamed tensors",
+                                  "resume without a run"])
 def test_bad_input_is_a_one_line_error(name, bad_runs, dirs):
     if name == "no gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -17,7 +17,7 @@ from ..layers import LayerInfo, list_layers
 from ..limits import check_bytes
 from ..models.loaders import BATCH
 from .inputs import RunInputs
-from .families import FAMILIES
+from .families import why_not_streamed
 from .source import INDEX, ModelSource, _read_config, is_model_directory
 
 # bytes per element of the safetensors dtypes
@@ -47,7 +47,7 @@ def opens_lazily(directory) -> bool:
     if not ((directory / "model.safetensors").is_file() or (directory / INDEX).is_file()):
         return False
     try:
-        return _read_config(directory).model_type in FAMILIES
+        return why_not_streamed(_read_config(directory)) is None
     except ValueError:
         return False
 

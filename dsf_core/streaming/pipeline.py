@@ -23,7 +23,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -78,20 +78,37 @@ class _Recorder(nn.Module):
         super().__init__()
         self.index, self.calls, self.last = index, calls, last
 
-    def forward(self, hidden, *args, **kwargs):
+    def forward(self, *args, **kwargs):
+        hidden, args = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
         self.calls.append((hidden, args, kwargs))
         if self.last:
             raise _Captured
         return hidden
 
 
+class _Replay(nn.Module):
+    """Stands in for a block in a pass through the head: the first block gives ``hidden`` (the
+    last block's output), every block passes the hidden states on, shaped as the blocks return them."""
+
+    def __init__(self, hidden: torch.Tensor | None, as_tuple: bool):
+        super().__init__()
+        self.hidden, self.as_tuple = hidden, as_tuple
+
+    def forward(self, *args, **kwargs):
+        hidden = self.hidden if self.hidden is not None else args[0] if args else kwargs["hidden_states"]
+        return (hidden,) if self.as_tuple else hidden
+
+
 @dataclass
 class Stream:
     """Batches on their way through the blocks: ``hidden[j]``, the next block's input on batch j;
-    ``calls[j][i]``, the other arguments block i receives on batch j."""
+    ``calls[j][i]``, the other arguments block i receives on batch j; ``batches[j]``, the model's
+    input; ``tuples``, whether the blocks return the hidden states first in a tuple."""
 
     hidden: list[torch.Tensor]
     calls: list[list[tuple]]
+    batches: list
+    tuples: bool = False
 
     def forward(self, index: int):
         """``forward(block, j)``: block ``index`` on batch j."""
@@ -106,11 +123,13 @@ class Stream:
     def advance(self, block: nn.Module, index: int) -> None:
         """The batches through block ``index``, in place."""
         run = self.forward(index)
-        self.hidden = [run(block, j) for j in range(len(self.hidden))]
+        outputs = [run(block, j) for j in range(len(self.hidden))]
+        self.tuples = any(isinstance(out, tuple) for out in outputs)
+        self.hidden = [out[0] if isinstance(out, tuple) else out for out in outputs]
 
     def advanced(self, block: nn.Module, index: int) -> "Stream":
         """A new stream: the batches through block ``index`` (this one is left as it is)."""
-        twin = Stream(list(self.hidden), self.calls)
+        twin = replace(self, hidden=list(self.hidden))
         twin.advance(block, index)
         return twin
 
@@ -161,7 +180,7 @@ def compress_streaming(
         source.materialize(source.model, "", device=inputs.device, dtype=inputs.dtype, skip=(source.family.blocks,))
         calib = _capture(source, ranks.shard(inputs.calibration))
         evals = _capture(source, ranks.shard(inputs.evaluation)) if inputs.evaluation else None
-        dense_eval = Stream(list(evals.hidden), evals.calls) if evals else None
+        dense_eval = replace(evals, hidden=list(evals.hidden)) if evals else None
         meter = Progress(progress if ranks.writer else None, [sum(m * n for _, (m, n) in b) for b in run.chosen],
                          blocks=len(source.blocks))
 
@@ -312,17 +331,19 @@ def _capture(source: ModelSource, batches: list) -> Stream:
     try:
         for batch in batches:
             try:
-                if isinstance(batch, dict):
-                    model(**batch)
-                else:
-                    model(input_ids=batch, use_cache=False)
+                _run_model(model, batch)
             except _Captured:
                 pass
     finally:
         set_module(model, family.blocks, blocks)
     hidden = [hidden for hidden, _, _ in records[0]]
     calls = [[(args, kwargs) for _, args, kwargs in (records[i][j] for i in range(len(blocks)))] for j in range(len(batches))]
-    return Stream(hidden, calls)
+    return Stream(hidden, calls, list(batches))
+
+
+def _run_model(model: nn.Module, batch):
+    """The model on one batch: token ids, or a dict of its inputs."""
+    return model(**batch) if isinstance(batch, dict) else model(input_ids=batch, use_cache=False)
 
 
 def _load_block(source: ModelSource, index: int, inputs, skip=()) -> nn.Module:
@@ -430,24 +451,20 @@ def _perplexity(source, stream: Stream, tokens: list[torch.Tensor], ranks) -> fl
 
 
 def head_forward(source: ModelSource, stream: Stream):
-    """``forward(model, j)``: the model's head modules, in order, on the stream's hidden states of batch j."""
+    """``forward(model, j)``: the model's logits on batch j from the stream's hidden states (the
+    blocks' outputs). The model itself runs, its blocks replaced by :class:`_Replay`, so that what
+    follows the blocks is its own code: final norm, head, logit scaling or soft-capping."""
+    blocks = source.blocks
 
     def run(model, j):
-        hidden = stream.hidden[j]
-        for name in source.family.head:
-            module = _optional_submodule(model, name)
-            if module is not None:
-                hidden = module(hidden)
-        return hidden
+        replays = nn.ModuleList(_Replay(stream.hidden[j] if i == 0 else None, stream.tuples) for i in range(len(blocks)))
+        set_module(model, source.family.blocks, replays)
+        try:
+            return _run_model(model, stream.batches[j]).logits
+        finally:
+            set_module(model, source.family.blocks, blocks)
 
     return run
-
-
-def _optional_submodule(model, name):
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return None
 
 
 def _report_dict(report: LayerReport) -> dict:

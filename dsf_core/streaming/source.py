@@ -14,7 +14,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .._torchvision_compat import prepare_transformers
-from .families import FAMILIES, Family
+from .families import FAMILIES, Family, infer_family, why_not_streamed
 
 INDEX = "model.safetensors.index.json"
 MAX_INDEX_BYTES = 50 << 20
@@ -27,9 +27,11 @@ class ModelSource:
     def __init__(self, directory):
         self.directory = Path(directory).expanduser().resolve()
         self.config = _read_config(self.directory)
-        self.family: Family = _family(self.config)
+        _check_streams(self.config)
         self.shards = _shard_map(self.directory)  # tensor name in the files -> shard file
-        self.model = skeleton(self.config, self.family)
+        known = FAMILIES.get(self.config.model_type)
+        self.model = skeleton(self.config, causal=known.causal if known else True)
+        self.family: Family = known or infer_family(self.model, self.config)
         self.headers: dict[str, tuple[list[int], str]] = {}  # name in the files -> (shape, dtype)
         self.tied: dict[str, list[str]] = {}  # model tensor name -> the names of the tensors tied to it
         self._check_tensors()
@@ -68,20 +70,25 @@ class ModelSource:
                         stored = kind == "_parameters" or leaf not in owner._non_persistent_buffers_set
                         entries.append((owner, kind, leaf, key, tensor, stored))
         made: dict[int, torch.Tensor] = {}
+        for owner, kind, leaf, key, tensor, stored in entries:  # first the buffers no file holds
+            if not stored:
+                if id(tensor) not in made:
+                    made[id(tensor)] = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+                    to_init.append(owner)
+                getattr(owner, kind)[leaf] = made[id(tensor)]
+        with torch.no_grad():  # before the stored tensors arrive: it may also re-initialize an owner's weights
+            for owner in to_init:
+                self.model._init_weights(owner)
         wanted = {id(tensor): key for *_, key, tensor, stored in entries if stored}  # one name per tied group
         values = self.read(list(wanted.values()), device=device)
         for owner, kind, leaf, key, tensor, stored in entries:
-            if id(tensor) not in made:
-                value = values[wanted[id(tensor)]] if stored else torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
-                if kind == "_parameters":
-                    value = nn.Parameter(value.to(dtype) if value.is_floating_point() else value, requires_grad=False)
-                made[id(tensor)] = value
-                if not stored:
-                    to_init.append(owner)
-            getattr(owner, kind)[leaf] = made[id(tensor)]
-        with torch.no_grad():
-            for owner in to_init:
-                self.model._init_weights(owner)
+            if stored:
+                if id(tensor) not in made:
+                    value = values[wanted[id(tensor)]]
+                    if kind == "_parameters":
+                        value = nn.Parameter(value.to(dtype) if value.is_floating_point() else value, requires_grad=False)
+                    made[id(tensor)] = value
+                getattr(owner, kind)[leaf] = made[id(tensor)]
         return module
 
     def read(self, keys, *, device="cpu") -> dict[str, torch.Tensor]:
@@ -144,11 +151,12 @@ class ModelSource:
                     )
 
 
-def skeleton(config, family: Family) -> nn.Module:
-    """The model of ``config`` on the meta device, in eval mode (no weights allocated)."""
+def skeleton(config, *, causal: bool) -> nn.Module:
+    """The model of ``config`` (its causal language model, or its base model) on the meta device, in
+    eval mode (no weights allocated)."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    auto = AutoModelForCausalLM if family.causal else AutoModel
+    auto = AutoModelForCausalLM if causal else AutoModel
     with torch.device("meta"):
         return auto.from_config(config).eval()
 
@@ -173,10 +181,11 @@ def _read_config(directory: Path):
         raise ValueError(f"'{directory}/config.json' is not a readable model config: {reason}") from exc
 
 
-def _family(config) -> Family:
-    """The config's streaming family, or a ValueError that says whether the in-memory path applies."""
-    if config.model_type in FAMILIES:
-        return FAMILIES[config.model_type]
+def _check_streams(config) -> None:
+    """A ValueError, saying whether the in-memory path applies, for a config that cannot be streamed."""
+    reason = why_not_streamed(config)
+    if reason is None:
+        return
     from transformers import MODEL_MAPPING
 
     in_memory = (
@@ -184,10 +193,7 @@ def _family(config) -> Family:
         if type(config) in MODEL_MAPPING
         else "nor can the in-memory path load it"
     )
-    raise ValueError(
-        f"Model type {config.model_type!r} cannot be streamed (streaming supports {', '.join(sorted(FAMILIES))}); "
-        f"{in_memory}."
-    )
+    raise ValueError(f"Model type {config.model_type!r} cannot be streamed ({reason}); {in_memory}.")
 
 
 def _shard_map(directory: Path) -> dict[str, str]:
