@@ -93,6 +93,20 @@ def test_export_dense_loads_in_plain_transformers(family, model_dirs, tmp_path):
     assert not torch.allclose(_outputs(plain, ids), _outputs(original, ids), atol=1e-3)
 
 
+def test_export_dense_never_mixes_two_models_exports(model_dirs, tmp_path):
+    runs = {}
+    for family in ("llama", "mistral"):  # the same command on two models
+        runs[family] = tmp_path / family
+        compress_streaming(model_dirs[family], "magnitude", 0.5, calibration=0, seq_len=SEQ_LEN, out=runs[family])
+    export = export_dense(runs["llama"], tmp_path / "dense")
+    before = {f.name: f.read_bytes() for f in export.iterdir()}
+    with pytest.raises(ValueError, match="no export of this run of this model"):
+        export_dense(runs["mistral"], export)
+    assert {f.name: f.read_bytes() for f in export.iterdir()} == before
+    export_dense(runs["llama"], export)  # the same run again: allowed, to the same files
+    assert {f.name: f.read_bytes() for f in export.iterdir()} == before
+
+
 def test_perplexity_before_and_after_matches_the_whole_model(model_dirs, tmp_path):
     directory = model_dirs["llama"]
     result = compress_streaming(directory, "wanda", 0.5, calibration=8, seq_len=SEQ_LEN, eval_text=TEXT,

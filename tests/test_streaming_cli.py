@@ -68,6 +68,7 @@ def _bad_inputs(dirs):
         ("seq-len too long", ("compress", llama, "--method", "wanda", "--density", "0.5", "--seq-len", "65"), "maximum of 64"),
         ("no gpu", ("compress", llama, *base, "--device", "cuda"), "no CUDA GPU"),
         ("busy out", ("compress", llama, *base, "--out", busy), "not empty"),
+        ("export into out", ("compress", llama, *base, "--out", root / "o", "--export-dense", root / "o"), "--out directory"),
         ("other family", ("compress", other, *base), "--in-memory"),
         ("renamed tensors", ("compress", renamed, *base), "renames or fuses"),
         ("resume without a run", ("compress", llama, *base, "--out", root / "fresh", "--resume"), "no previous run"),
@@ -82,7 +83,7 @@ def bad_runs(dirs):
 
 
 @pytest.mark.parametrize("name", ["not a model", "missing shard", "mismatched shard", "no tokenizer", "seq-len too long",
-                                  "no gpu", "busy out", "other family", "renamed tensors",
+                                  "no gpu", "busy out", "export into out", "other family", "renamed tensors",
                                   "resume without a run"])
 def test_bad_input_is_a_one_line_error(name, bad_runs, dirs):
     if name == "no gpu" and torch.cuda.is_available():

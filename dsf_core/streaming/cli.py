@@ -59,7 +59,7 @@ def compress_command(args, options: dict) -> int:
     if args.output_weighting:
         raise ValueError("--output-weighting needs the whole model's backward pass; use --in-memory.")
     if args.export_dense:
-        _check_export_target(args.export_dense)
+        _check_export_target(args.export_dense, args.out)
     source = ModelSource(args.model)  # bad directories fail here, before anything else
     seq_len = args.seq_len or min(DEFAULT_SEQ_LEN, source.max_positions or DEFAULT_SEQ_LEN)
     writer = int(os.environ.get("RANK", "0")) == 0
@@ -97,11 +97,13 @@ def compress_command(args, options: dict) -> int:
     return 0
 
 
-def _check_export_target(path) -> None:
-    """Before any work: the export directory is new, empty, or an earlier export."""
+def _check_export_target(path, out) -> None:
+    """Before any work: the export directory is not ``--out``, and new, empty, or an earlier export."""
     from .load import EXPORT_MARKER
 
     target = Path(path).expanduser()
+    if out is not None and target.resolve() == Path(out).expanduser().resolve():
+        raise ValueError(f"--export-dense '{target}' is the --out directory; name another one.")
     if not os.path.lexists(target):
         return
     if not target.is_dir() or target.is_symlink():

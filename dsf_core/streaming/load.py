@@ -65,7 +65,10 @@ def export_dense(out_dir, export_dir, *, model_dir=None) -> Path:
     config, tokenizer and shard layout; each factorized weight replaced by its product, in the
     weight's own dtype and layout) that ``AutoModel*.from_pretrained`` loads."""
     manifest, source = open_run(out_dir, model_dir)
-    export = _export_directory(export_dir, manifest)
+    identity = {"command": manifest["command"], "model": manifest["model"]}
+    export = _export_directory(export_dir, identity)
+    marker = json.dumps({"from": str(Path(out_dir).resolve()), **identity})
+    atomic_write(export / EXPORT_MARKER, lambda path: Path(path).write_text(marker))  # first: claims the directory
     names = list(manifest["layers"])
     shapes = _layer_shapes(source.model, names)
     by_key = {source.file_key(name + ".weight"): name for name in names}
@@ -82,8 +85,6 @@ def export_dense(out_dir, export_dir, *, model_dir=None) -> Path:
     for file in sorted(source.directory.iterdir()):
         if file.suffix in COPIED_SUFFIXES and file.is_file() and not file.is_symlink():
             atomic_write(export / file.name, lambda path: shutil.copyfile(file, path))
-    marker = json.dumps({"from": str(Path(out_dir).resolve()), "command": manifest["command"]})
-    atomic_write(export / EXPORT_MARKER, lambda path: Path(path).write_text(marker))
     return export
 
 
@@ -93,27 +94,25 @@ def _product(module, shape) -> torch.Tensor:
     return Factorization("", {}, factors, [False] * len(factors), module.kind, tuple(shape)).to_matrix()
 
 
-def _export_directory(export_dir, manifest) -> Path:
-    """The export directory: new, empty, or an earlier export of the same run (never anything else)."""
+def _export_directory(export_dir, identity: dict) -> Path:
+    """The export directory: new, empty, or an earlier (possibly interrupted) export of the same run
+    of the same model (never anything else, e.g. another model's export)."""
     export = Path(export_dir).expanduser()
     if os.path.lexists(export):
         if not export.is_dir() or export.is_symlink():
             raise ValueError(f"--export-dense '{export}' exists and is not a directory.")
-        marker = export / EXPORT_MARKER
-        if any(export.iterdir()):
-            earlier = _marked_command(marker)
-            if earlier != manifest["command"]:
-                raise ValueError(f"--export-dense '{export}' is not empty and holds no export of this run.")
+        if any(export.iterdir()) and _marked_identity(export / EXPORT_MARKER) != identity:
+            raise ValueError(f"--export-dense '{export}' is not empty and holds no export of this run of this model.")
     export.mkdir(parents=True, exist_ok=True)
     return export
 
 
-
-def _marked_command(marker: Path):
-    """The command an earlier export recorded in its marker file (None if there is none)."""
+def _marked_identity(marker: Path):
+    """The run and model an earlier export recorded in its marker file (None if there is none)."""
     if not marker.is_file() or marker.is_symlink() or marker.stat().st_size > 1 << 20:
         return None
     try:
-        return json.loads(marker.read_text()).get("command")
-    except (ValueError, AttributeError):
+        recorded = json.loads(marker.read_text())
+        return {"command": recorded["command"], "model": recorded["model"]}
+    except (ValueError, KeyError, TypeError):
         return None
