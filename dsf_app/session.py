@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,18 +175,28 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     return shape
 
 
+_uploads: Path | None = None  # this server's private folder for uploads
+
+
 def save_upload(name: str, data: bytes) -> Path:
-    """Write an uploaded file to this server's temporary folder (bounded by ``MAX_UPLOAD_MB``), in a
-    folder named by its content, so that the same upload is written once."""
+    """Write an uploaded file (bounded by ``MAX_UPLOAD_MB``) into this server's own folder (made by
+    ``mkdtemp``: private, so nobody can plant a link there), in a subfolder named by its content,
+    so that the same upload is written once. The file is written whole or not at all."""
+    global _uploads
     if len(data) > MAX_UPLOAD_MB << 20:
         raise ValueError(f"'{name}' is {len(data) / 2**20:.0f} MB; uploads are limited to {MAX_UPLOAD_MB} MB.")
     if not data:
         raise ValueError(f"'{name}' is empty.")
-    folder = Path(tempfile.gettempdir()) / f"dsf-upload-{hashlib.sha256(data).hexdigest()[:16]}"
+    if _uploads is None or not _uploads.is_dir():
+        _uploads = Path(tempfile.mkdtemp(prefix="dsf-uploads-"))
+    folder = _uploads / hashlib.sha256(data).hexdigest()[:16]
     folder.mkdir(exist_ok=True)
-    path = folder / Path(name).name  # the same file uploaded again is the same path: a cache hit
-    if not path.is_file():
-        path.write_bytes(data)
+    path = folder / (Path(name).name if Path(name).name not in ("", ".", "..") else "upload")
+    if not (path.is_file() and not path.is_symlink() and path.read_bytes() == data):
+        handle, temporary = tempfile.mkstemp(dir=folder)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
     return path
 
 

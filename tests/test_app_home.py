@@ -1,5 +1,6 @@
 """The Home page (app.py) in Streamlit's AppTest: model choice, device, summary, and bad input."""
 
+import hashlib
 import io
 import tempfile
 from pathlib import Path
@@ -203,6 +204,24 @@ def test_the_same_upload_is_stored_once():
     first = session.save_upload("a.pt", b"same bytes")
     assert session.save_upload("a.pt", b"same bytes") == first and first.read_bytes() == b"same bytes"
     assert session.save_upload("a.pt", b"other bytes") != first
+
+
+def test_an_upload_is_written_where_nobody_else_can_plant_a_file(tmp_path, monkeypatch):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"keep me")
+    data = b"uploaded bytes"
+    shared = Path(tempfile.gettempdir()) / f"dsf-upload-{hashlib.sha256(data).hexdigest()[:16]}"
+    shared.mkdir(exist_ok=True)  # where a predictable name would put it: a link to the victim planted there
+    (shared / "model.pt").unlink(missing_ok=True)
+    (shared / "model.pt").symlink_to(victim)
+    path = session.save_upload("model.pt", data)
+    assert path.read_bytes() == data and not path.is_symlink() and victim.read_bytes() == b"keep me"
+    assert (path.parent.parent.stat().st_mode & 0o077) == 0  # the server's own folder: private
+    path.write_bytes(b"trunc")  # a damaged copy is not served again
+    assert session.save_upload("model.pt", data).read_bytes() == data
+    assert session.save_upload("..", data).parent == path.parent
+    (shared / "model.pt").unlink()
+    shared.rmdir()
 
 
 def test_a_changed_weights_file_is_read_again(tmp_path):
