@@ -56,6 +56,10 @@ def _bad_inputs(dirs):
     renamed.mkdir()
     (renamed / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "num_hidden_layers": 2, "hidden_size": 32,
                                                      "num_attention_heads": 2, "intermediate_size": 64}))
+    deep = root / "deep-config"
+    deep.mkdir()
+    (deep / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 10**6, "hidden_size": 32,
+                                                  "num_attention_heads": 2, "intermediate_size": 64}))
     busy = root / "busy-out"
     busy.mkdir()
     (busy / "mine.txt").write_text("keep me")
@@ -71,6 +75,9 @@ def _bad_inputs(dirs):
         ("export into out", ("compress", llama, *base, "--out", root / "o", "--export-dense", root / "o"), "--out directory"),
         ("other family", ("compress", other, *base), "--in-memory"),
         ("renamed tensors", ("compress", renamed, *base), "renames or fuses"),
+        ("a million blocks", ("compress", deep, *base), "num_hidden_layers=1000000"),
+        ("calibration over the limit", ("compress", llama, "--method", "wanda", "--density", "0.5", "--calibration",
+                                        "3000000"), "DSF_MAX_CALIBRATION"),
         ("resume without a run", ("compress", llama, *base, "--out", root / "fresh", "--resume"), "no previous run"),
     ]
 
@@ -84,6 +91,7 @@ def bad_runs(dirs):
 
 @pytest.mark.parametrize("name", ["not a model", "missing shard", "mismatched shard", "no tokenizer", "seq-len too long",
                                   "no gpu", "busy out", "export into out", "other family", "renamed tensors",
+                                  "a million blocks", "calibration over the limit",
                                   "resume without a run"])
 def test_bad_input_is_a_one_line_error(name, bad_runs, dirs):
     if name == "no gpu" and torch.cuda.is_available():

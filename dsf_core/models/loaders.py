@@ -557,12 +557,17 @@ def _check_hf_dir(directory: Path, max_bytes: int | None) -> None:
 MAX_CONFIG_LAYERS = 4096  # a bound on layer counts read from a config, before building anything
 
 
-def _check_declared_size(directory: Path, auto, config) -> None:
-    """Refuse a config whose model is over the parameter limit or larger than its weight files."""
+def check_config_layers(config) -> None:
+    """Refuse a config whose layer count is not in ``[1, MAX_CONFIG_LAYERS]``, before anything is built."""
     for key in ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"):
         layers = getattr(config, key, None)
-        if isinstance(layers, int) and layers > MAX_CONFIG_LAYERS:
-            raise ValueError(f"The config declares {key}={layers}, over the bound of {MAX_CONFIG_LAYERS}.")
+        if isinstance(layers, int) and not 1 <= layers <= MAX_CONFIG_LAYERS:
+            raise ValueError(f"The config declares {key}={layers}; expected 1 to {MAX_CONFIG_LAYERS}.")
+
+
+def _check_declared_size(directory: Path, auto, config) -> None:
+    """Refuse a config whose model is over the parameter limit or larger than its weight files."""
+    check_config_layers(config)
     with torch.device("meta"):
         skeleton = auto.from_config(config)
     n_params = sum(p.numel() for p in skeleton.parameters())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..compress import check_calibration
 from ..models.loaders import BATCH, CALIBRATION_SEED, MAX_TEXT_BYTES, _check_file, _random_tokens, _text_chunks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,8 +49,7 @@ class RunInputs:
             raise ValueError(f"--seq-len must be an int >= 2. Got {seq_len!r} instead.")
         if limit is not None and seq_len > limit:
             raise ValueError(f"--seq-len {seq_len} is over the model's maximum of {limit} positions.")
-        if isinstance(calibration, bool) or not isinstance(calibration, int) or calibration < 0:
-            raise ValueError(f"--calibration must be an int >= 0. Got {calibration!r} instead.")
+        check_calibration(calibration)
         if eval_text is not None and not source.family.causal:
             raise ValueError("--eval-text (perplexity) applies to causal language models only.")
         self.texts = {"calibration_text": calibration_text, "eval_text": eval_text}

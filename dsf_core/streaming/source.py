@@ -14,6 +14,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .._torchvision_compat import prepare_transformers
+from ..models.loaders import check_config_layers
 from .families import FAMILIES, Family, infer_family, why_not_streamed
 
 INDEX = "model.safetensors.index.json"
@@ -28,6 +29,7 @@ class ModelSource:
         self.directory = Path(directory).expanduser().resolve()
         self.config = _read_config(self.directory)
         _check_streams(self.config)
+        check_config_layers(self.config)
         self.shards = _shard_map(self.directory)  # tensor name in the files -> shard file
         known = FAMILIES.get(self.config.model_type)
         self.model = skeleton(self.config, causal=known.causal if known else True)
