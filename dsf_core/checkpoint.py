@@ -23,6 +23,7 @@ from .output_files import write_atomically
 
 FORMAT = "dsf-explorer-compressed/1"
 KINDS = ("product", "tt")
+MAX_FACTORS = 64  # PALM4MSA's most
 
 
 def save_compressed(path, result, model_spec: str | None, *, overwrite: bool = False) -> int:
@@ -166,7 +167,20 @@ def _check_layer_fits(name: str, layer: dict, base_model: nn.Module) -> None:
             f"The checkpoint's layer {name!r} has weight shape {weight_shape}; the model's is {list(module.weight.shape)}."
         )
     check_factor_chain(name, layer, m, n)
-    if layer["conv"] is not None and not isinstance(module, nn.Conv2d):
+    inner = [shape[-1] for shape in layer["shapes"][:-1]]  # the products' inner sizes, or the TT ranks
+    if len(layer["shapes"]) > MAX_FACTORS or any(size > max(m, n) for size in inner):
+        raise ValueError(
+            f"The checkpoint's layer {name!r} has factors {layer['shapes']}: over {MAX_FACTORS} factors, or an inner "
+            f"size over the weight's larger side ({max(m, n)})."
+        )
+    if isinstance(module, nn.Conv2d):
+        geometry = {"stride": list(module.stride), "padding": list(module.padding), "dilation": list(module.dilation)}
+        if list(weight_shape) != list(module.weight.shape) or layer["conv"] != geometry:
+            raise ValueError(
+                f"The checkpoint stores {name!r} as a convolution of weight shape {weight_shape} with {layer['conv']}; "
+                f"the model's has {list(module.weight.shape)} with {geometry}."
+            )
+    elif layer["conv"] is not None:
         raise ValueError(f"The checkpoint stores {name!r} as a convolution; the model's layer is not one.")
 
 

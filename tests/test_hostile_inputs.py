@@ -291,6 +291,24 @@ def test_sparse_values_with_nan_and_bad_indices_are_refused(tmp_path, compressed
         load_compressed(bad, bundle.model)
 
 
+@pytest.mark.parametrize("changes, match", [  # to conv2: 16 x 8 x 3 x 3, stride 2, padding 2, dilation 2
+    ({"conv": {"stride": [2, 2], "padding": [20000, 20000], "dilation": [2, 2]}}, "padding"),  # terabytes of patches
+    ({"conv": {"stride": [2, 2], "padding": [1, 1], "dilation": [1, 1]}}, "dilation"),  # same output size, wrong maps
+    ({"conv": {"stride": [0, 0], "padding": [2, 2], "dilation": [2, 2]}}, "stride"),
+    ({"weight_shape": [16, 8, 9, 1]}, "weight shape"),
+    ({"conv": None}, "as a convolution of weight shape"),
+    ({"shapes": [[16, 500000], [500000, 72]], "sparse": [True, True]}, "inner size"),  # empty CSR, a huge product
+])
+def test_compressed_layers_must_match_the_models_layer_exactly(tmp_path, compressed, changes, match):
+    bundle, paths = compressed
+    with safe_open(str(paths["svd"]), framework="pt") as handle:
+        layers = json.loads(handle.metadata()["layers"])
+    layers["conv2"].update(changes)
+    bad = tampered(paths["svd"], tmp_path / "bad.safetensors", metadata={"layers": json.dumps(layers)})
+    with pytest.raises(ValueError, match=match):
+        load_compressed(bad, bundle.model)
+
+
 @pytest.mark.parametrize("layers, match", [
     ('["fc1"]', "must be a JSON object"),
     ('{"fc1": {"kind": "mystery", "shapes": [[1, 1]], "sparse": [false], "weight_shape": [32, 576], "conv": null}}',
