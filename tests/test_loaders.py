@@ -316,6 +316,28 @@ def test_hf_encoder(tmp_path):
         load_hf(str(tmp_path), text_file="unused.txt")
 
 
+@pytest.mark.parametrize("head", ["BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification"])
+def test_hf_encoder_saved_with_a_task_head(head, tmp_path):
+    prepare_transformers()
+    import transformers
+
+    config = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                     vocab_size=100)
+    torch.manual_seed(0)
+    saved = getattr(transformers, head)(config).eval()
+    saved.save_pretrained(tmp_path)
+    model = load_hf(str(tmp_path)).model
+    assert (model.pooler is None) == (head == "BertForMaskedLM")  # no pooler in the file: none made up
+    for name, value in saved.bert.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0)
+    state = {f"bert.{k}": v for k, v in saved.bert.state_dict().items()} | {"alien.weight": torch.zeros(2)}
+    for file in tmp_path.glob("*.safetensors"):
+        file.unlink()
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="unexpected: alien.weight"):  # not a head saved with the model: refused
+        load_hf(str(tmp_path))
+
+
 def test_hf_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="'someone/tiny-model'.*pass the local directory"):

@@ -134,6 +134,20 @@ def test_a_family_read_from_its_skeleton_streams_as_in_memory(family, tmp_path):
     assert not torch.allclose(_outputs(compressed, _tokens()), _outputs(dense.model, _tokens()), atol=1e-3)
 
 
+def test_bert_saved_without_pooler_streams_as_in_memory(tmp_path):
+    from _hf_models import config
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(0)
+    BertForMaskedLM(config("bert")).save_pretrained(tmp_path / "mlm")  # no pooler; a cls.* head
+    memory = compress_model(load_hf(str(tmp_path / "mlm"), seq_len=SEQ_LEN), "wanda", 0.5, layers="encoder.layer.*",
+                            calibration=8, evaluate=False)
+    streamed = compress_streaming(tmp_path / "mlm", "wanda", 0.5, calibration=8, seq_len=SEQ_LEN)
+    assert [r.name for r in streamed.layers] == [r.name for r in memory.layers]
+    for mine, theirs in zip(streamed.layers, memory.layers):
+        assert mine.weighted_error == pytest.approx(theirs.weighted_error, rel=1e-5)
+
+
 def test_bfloat16_forward_keeps_float32_factors_and_the_same_result(model_dirs, tmp_path):
     runs = {dtype: compress_streaming(model_dirs["llama"], "wanda", 0.5, calibration=8, seq_len=SEQ_LEN, dtype=dtype,
                                       eval_text=TEXT, out=tmp_path / dtype) for dtype in ("float32", "bfloat16")}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import inspect
 import math
 import pickle
 import warnings
@@ -586,13 +587,29 @@ def _check_declared_size(directory: Path, auto, config) -> None:
         )
 
 
-def check_hf_weights(model: nn.Module, loading: dict, source: str, *, strict: bool = True) -> None:
+def encoder_options(config, stored_names) -> dict:
+    """Options for building an encoder's base model from a checkpoint: without its pooler when the
+    checkpoint stores none (e.g. saved from ``BertForMaskedLM``) and the model can leave it out."""
+    from transformers import MODEL_MAPPING
+
+    takes_it = "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(config)].__init__).parameters
+    stores_pooler = any(".pooler." in f".{name}" for name in stored_names)
+    return {"add_pooling_layer": False} if takes_it and not stores_pooler else {}
+
+
+def _stored_names(directory: Path) -> list[str]:
+    return [name for file in directory.glob("*.safetensors") for name in safetensors_header(file) if name != "__metadata__"]
+
+
+def check_hf_weights(model: nn.Module, loading: dict, source: str, *, strict: bool = True, head_keys=frozenset()) -> None:
     """After ``from_pretrained(..., output_loading_info=True)``: every weight the model expects
-    came from the files with its shape (and, when ``strict``, none is left over); all are finite."""
+    came from the files with its shape (and, when ``strict``, none is left over but ``head_keys``,
+    a task head saved with the model); all are finite."""
+    unexpected = [key for key in loading.get("unexpected_keys") or [] if key not in head_keys]
     problems = {
         "missing": loading.get("missing_keys") or [],
         "of the wrong shape": [entry[0] if isinstance(entry, tuple) else entry for entry in loading.get("mismatched_keys") or []],
-        "unexpected": (loading.get("unexpected_keys") or []) if strict else [],
+        "unexpected": unexpected if strict else [],
     }
     found = [f"{what}: {_few(keys)}" for what, keys in problems.items() if keys]
     if found:
@@ -601,6 +618,20 @@ def check_hf_weights(model: nn.Module, loading: dict, source: str, *, strict: bo
     bad = [name for name, t in model.named_parameters() if not bool(torch.isfinite(t).all())]
     if bad:
         raise ValueError(f"The weights in '{source}' contain NaN or Inf values (in {_few(bad)}); expected finite weights.")
+
+
+def saved_head_keys(config) -> set[str]:
+    """The tensor names of the architectures the config says the checkpoint was saved from (e.g.
+    ``BertForPreTraining``: BERT's ``cls.*`` head), built on the meta device."""
+    import transformers
+
+    keys = set()
+    for name in config.architectures or []:
+        architecture = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
+        if isinstance(architecture, type) and issubclass(architecture, transformers.PreTrainedModel):
+            with torch.device("meta"):
+                keys.update(architecture(config).state_dict())
+    return keys
 
 
 def _hub_error(model_id: str, exc: Exception) -> OSError:
@@ -663,12 +694,14 @@ def load_hf(
         auto = AutoModelForCausalLM if causal else AutoModel
         if local:
             _check_declared_size(directory, auto, config)
+            if not causal:
+                options.update(encoder_options(config, _stored_names(directory)))
         model, loading = auto.from_pretrained(source, use_safetensors=True, output_loading_info=True, **options)
     except (OSError, ValueError) as exc:
         if local:
             raise ValueError(f"'{source}' is not a loadable Hugging Face model directory: {exc}") from exc
         raise _hub_error(path_or_id, exc) from exc
-    check_hf_weights(model, loading, source, strict=strict)
+    check_hf_weights(model, loading, source, strict=strict, head_keys=set() if causal else saved_head_keys(config))
     model = model.float().eval()
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if positions is not None and seq_len > positions:

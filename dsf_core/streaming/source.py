@@ -14,7 +14,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .._torchvision_compat import prepare_transformers
-from ..models.loaders import check_config_layers
+from ..models.loaders import check_config_layers, encoder_options
 from .families import FAMILIES, Family, infer_family, why_not_streamed
 
 INDEX = "model.safetensors.index.json"
@@ -32,7 +32,7 @@ class ModelSource:
         check_config_layers(self.config)
         self.shards = _shard_map(self.directory)  # tensor name in the files -> shard file
         known = FAMILIES.get(self.config.model_type)
-        self.model = skeleton(self.config, causal=known.causal if known else True)
+        self.model = skeleton(self.config, causal=known.causal if known else True, stored_names=self.shards)
         self.family: Family = known or infer_family(self.model, self.config)
         self.headers: dict[str, tuple[list[int], str]] = {}  # name in the files -> (shape, dtype)
         self.tied: dict[str, list[str]] = {}  # model tensor name -> the names of the tensors tied to it
@@ -153,14 +153,15 @@ class ModelSource:
                     )
 
 
-def skeleton(config, *, causal: bool) -> nn.Module:
-    """The model of ``config`` (its causal language model, or its base model) on the meta device, in
-    eval mode (no weights allocated)."""
+def skeleton(config, *, causal: bool, stored_names) -> nn.Module:
+    """The model of ``config`` (its causal language model, or its base model, as the checkpoint
+    holding ``stored_names`` has it) on the meta device, in eval mode (no weights allocated)."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    auto = AutoModelForCausalLM if causal else AutoModel
     with torch.device("meta"):
-        return auto.from_config(config).eval()
+        if causal:
+            return AutoModelForCausalLM.from_config(config).eval()
+        return AutoModel.from_config(config, **encoder_options(config, stored_names)).eval()
 
 
 def is_model_directory(path) -> bool:
