@@ -338,6 +338,20 @@ def test_hf_encoder_saved_with_a_task_head(head, tmp_path):
         load_hf(str(tmp_path))
 
 
+@pytest.mark.parametrize("config, match", [
+    ({"model_type": "t5", "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 2}, "encoder-decoder"),
+    ({"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+      "intermediate_size": 64, "image_size": 8, "patch_size": 4}, "does not take token ids"),
+])
+def test_hf_models_load_hf_cannot_run_are_refused_by_kind(config, match, tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=match):
+        load_hf(str(tmp_path))
+
+
 def test_hf_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="'someone/tiny-model'.*pass the local directory"):

@@ -587,6 +587,18 @@ def _check_declared_size(directory: Path, auto, config) -> None:
         )
 
 
+def why_not_loadable(config) -> str | None:
+    """Why :func:`load_hf` cannot run a model of ``config`` (None if it can: it runs causal language
+    models and encoders of token ids)."""
+    from transformers import MODEL_MAPPING
+
+    if getattr(config, "is_encoder_decoder", False):
+        return f"{config.model_type!r} is an encoder-decoder model; causal language models and text encoders are supported"
+    if type(config) not in MODEL_MAPPING or MODEL_MAPPING[type(config)].main_input_name != "input_ids":
+        return f"{config.model_type!r} does not take token ids; causal language models and text encoders are supported"
+    return None
+
+
 def encoder_options(config, stored_names) -> dict:
     """Options for building an encoder's base model from a checkpoint: without its pooler when the
     checkpoint stores none (e.g. saved from ``BertForMaskedLM``) and the model can leave it out."""
@@ -690,6 +702,9 @@ def load_hf(
     options = {"local_files_only": True} if local else {}
     try:
         config = AutoConfig.from_pretrained(source, **options)
+        unloadable = why_not_loadable(config)
+        if unloadable:
+            raise ValueError(unloadable + ".")
         causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.architectures or [])
         auto = AutoModelForCausalLM if causal else AutoModel
         if local:

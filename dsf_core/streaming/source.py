@@ -14,7 +14,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .._torchvision_compat import prepare_transformers
-from ..models.loaders import check_config_layers, encoder_options
+from ..models.loaders import check_config_layers, encoder_options, why_not_loadable
 from .families import FAMILIES, Family, infer_family, why_not_streamed
 
 INDEX = "model.safetensors.index.json"
@@ -189,13 +189,8 @@ def _check_streams(config) -> None:
     reason = why_not_streamed(config)
     if reason is None:
         return
-    from transformers import MODEL_MAPPING
-
-    in_memory = (
-        "the in-memory path can load it: add --in-memory"
-        if type(config) in MODEL_MAPPING
-        else "nor can the in-memory path load it"
-    )
+    unloadable = why_not_loadable(config)
+    in_memory = f"nor can the in-memory path run it: {unloadable}" if unloadable else "the in-memory path can load it: add --in-memory"
     raise ValueError(f"Model type {config.model_type!r} cannot be streamed ({reason}); {in_memory}.")
 
 
