@@ -326,7 +326,7 @@ def show_skipped_layers(bundle: ModelBundle) -> None:
     if not skipped:
         return
     with st.expander(
-        f"{len(skipped)} convolutions are not factorizable ({sum(layer.n_params for layer in skipped):,} parameters): "
+        f"{len(skipped)} layers are not factorizable ({sum(layer.n_params for layer in skipped):,} parameters): "
         "the pages leave them as they are"
     ):
         table = {

@@ -131,7 +131,8 @@ def _layers(args) -> int:
     from .streaming.lazy import LazyModel, opens_lazily
 
     if opens_lazily(args.model):  # a Hugging Face checkpoint: from its headers, no weight read
-        layers, others = LazyModel(args.model).layers, []
+        lazy = LazyModel(args.model)
+        layers, others = lazy.layers, skipped_layers(lazy.source.model)
     else:
         model = _load(args.model).model
         layers, others = list_layers(model), skipped_layers(model)
@@ -145,7 +146,7 @@ def _layers(args) -> int:
         return 0
     _table(rows, ["name", "type", "shape", "params"])
     if skipped:
-        print(f"\nnot factorizable ({len(skipped)} convolutions, {sum(r['params'] for r in skipped)} params):")
+        print(f"\nnot factorizable ({len(skipped)} layers, {sum(r['params'] for r in skipped)} params):")
         _table(skipped, ["name", "type", "weight_shape", "params", "reason"])
     return 0
 
@@ -153,6 +154,7 @@ def _layers(args) -> int:
 def _compress(args) -> int:
     from .checkpoint import save_compressed
     from .compress import compress_model, parse_layer_densities
+    from .layers import skipped_layers
     from .stats import dense_file_bytes, flops_per_sample
 
     options = _options(args)
@@ -164,6 +166,11 @@ def _compress(args) -> int:
     if args.out is not None:  # before any long work: a bad path fails now, not after the run
         check_target(args.out, overwrite=args.overwrite)
     bundle = _load(args.model)
+    untouched = sum(layer.n_params for layer in skipped_layers(bundle.model))
+    if untouched:
+        total = sum(p.numel() for p in bundle.model.parameters())
+        print(f"note: {untouched:,} parameters ({untouched / total:.0%} of the model) are in layers that cannot be "
+              "factorized and stay dense; `layers` lists them with the reason.", file=sys.stderr)
     result = compress_model(
         bundle, args.method, args.density, layers=args.layers, calibration=args.calibration,
         sequential=args.sequential, output_weighting=args.output_weighting, callback=_progress_bar(),

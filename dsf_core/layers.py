@@ -22,20 +22,34 @@ class LayerInfo:
 
 @dataclass(frozen=True)
 class SkippedLayer:
-    """A convolution that is not factorizable, and why (see :func:`unfactorizable_reason`)."""
+    """A module with weights that is not factorizable, and why (see :func:`unfactorizable_reason`)."""
 
     name: str
     type: str
-    weight_shape: tuple[int, ...]
-    n_params: int  # weight and bias
+    weight_shape: tuple[int, ...]  # its largest weight's
+    n_params: int  # its own parameters
     reason: str
 
 
 def unfactorizable_reason(module: nn.Module) -> str | None:
-    """Why a Conv2d cannot be replaced by one factorized ``out x in*kh*kw`` matrix; None when it can
-    (or when ``module`` is no Conv2d)."""
-    if not isinstance(module, nn.Conv2d):
+    """Why a module's own weights cannot be replaced by one factorized matrix: a Conv2d that does
+    not unfold into ``out x in*kh*kw`` patches, or weights held as tensors of 3 or more dimensions
+    (a mixture of experts' stacked experts, a 1-D or 3-D convolution). None when it can be, or when
+    the module holds no such weight."""
+    if isinstance(module, nn.Conv2d):
+        return _conv2d_reason(module)
+    if is_factorizable(module):
         return None
+    stacked = [f"{name} {'x'.join(map(str, p.shape))}" for name, p in module.named_parameters(recurse=False) if p.ndim >= 3]
+    if not stacked:
+        return None
+    return (
+        f"its weights are tensors of 3 or more dimensions ({', '.join(stacked)}; e.g. a mixture of experts' stacked "
+        "expert matrices, or a 1-D or 3-D convolution), not one matrix that a factorized layer replaces"
+    )
+
+
+def _conv2d_reason(module: nn.Conv2d) -> str | None:
     if module.groups > 1:
         kind = "depthwise" if module.groups == module.in_channels else "grouped"
         per_group = module.in_channels // module.groups
@@ -64,7 +78,7 @@ def is_factorizable(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
     if isinstance(module, nn.Conv2d):
-        return unfactorizable_reason(module) is None
+        return _conv2d_reason(module) is None
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
@@ -83,13 +97,14 @@ def list_layers(model: nn.Module) -> list[LayerInfo]:
 
 
 def skipped_layers(model: nn.Module) -> list[SkippedLayer]:
-    """Every convolution that :func:`list_layers` leaves out, with the reason."""
+    """Every module with weights that :func:`list_layers` leaves out, with the reason."""
     skipped = []
     for name, module in model.named_modules():
         reason = unfactorizable_reason(module)
         if reason is not None:
-            n_params = sum(p.numel() for p in module.parameters(recurse=False))
-            skipped.append(SkippedLayer(name, type(module).__name__, tuple(module.weight.shape), n_params, reason))
+            own = list(module.parameters(recurse=False))
+            largest = max(own, key=lambda p: p.numel())
+            skipped.append(SkippedLayer(name, type(module).__name__, tuple(largest.shape), sum(p.numel() for p in own), reason))
     return skipped
 
 

@@ -60,7 +60,7 @@ def test_efficientnet_opens_with_its_unfactorizable_convolutions_explained():
     skipped = at.dataframe[1].value
     assert list(skipped["layer"]) == [layer.name for layer in skipped_layers(reference.model)]
     assert skipped["why not"].str.contains("depthwise convolution").sum() == 16
-    assert "17 convolutions are not factorizable" in at.expander[0].label
+    assert "17 layers are not factorizable" in at.expander[0].label
 
 
 def test_cuda_choice():

@@ -137,7 +137,7 @@ def test_efficientnet_chosen_on_home_and_a_pointwise_layer_factorized(page, serv
     _choose(page, "Built-in model", "efficientnet-lite0")
     expect(page.get_by_role("heading", name="efficientnet-lite0")).to_be_visible()
     expect(page.get_by_text("top1 agreement")).to_be_visible()
-    page.get_by_text("17 convolutions are not factorizable").click()  # open the list of why not
+    page.get_by_text("17 layers are not factorizable").click()  # open the list of why not
     expect(page.get_by_test_id("stExpander").get_by_test_id("stDataFrame")).to_be_visible()
     expect(page.get_by_text("depthwise convolution (groups=144)").first).to_be_attached()  # the grid draws on a canvas
     settle(page)
