@@ -385,3 +385,23 @@ def test_load_model_unknown_lists_the_forms():
         load_model(os.path.join("no", "such", "model.pt"))
     with pytest.raises(TypeError, match="spec must be a str"):
         load_model(3)
+
+
+def test_text_tokens_are_the_whole_texts_first_ones_from_a_prefix(tmp_path):
+    from _hf_models import TEXT, tokenizer
+
+    from dsf_core.models.loaders import text_tokens
+
+    tok = tokenizer()
+    whole = tok(TEXT.read_text(), verbose=False)["input_ids"]
+    for n in (1, 37, 500, len(whole) + 10):
+        assert text_tokens(tok, TEXT, n).tolist() == whole[:n]
+    seen = []
+
+    def spy(text, **kwargs):  # the real tokenizer, recording how much text it is given
+        seen.append(len(text))
+        return tok(text, **kwargs)
+
+    line = tmp_path / "one-line.txt"
+    line.write_text("ab" * (4 << 20))  # 8 MB without a space: the whole of it would take gigabytes
+    assert len(text_tokens(spy, line, 256)) == 256 and max(seen) <= 8 * 256 * 2

@@ -265,7 +265,10 @@ def lm_bundle(
     )
 
 
-def _text_chunks(tokens: torch.Tensor, seq_len: int, max_chunks: int = 16) -> torch.Tensor:
+EVAL_CHUNKS = 16  # perplexity is measured on at most this many sequences of the evaluation text
+
+
+def _text_chunks(tokens: torch.Tensor, seq_len: int, max_chunks: int = EVAL_CHUNKS) -> torch.Tensor:
     tokens = tokens[: seq_len * max_chunks]
     if len(tokens) < 2:
         raise ValueError(f"The text gives {len(tokens)} token(s); perplexity needs at least 2.")
@@ -657,18 +660,42 @@ def _hub_error(model_id: str, exc: Exception) -> OSError:
     )
 
 
-def _read_text_tokens(tokenizer_source: str, options: dict, text_file) -> torch.Tensor:
+def _read_text_tokens(tokenizer_source: str, options: dict, text_file, seq_len: int) -> torch.Tensor:
     from transformers import AutoTokenizer
 
-    file = _check_file(text_file, MAX_TEXT_BYTES)
+    _check_file(text_file, MAX_TEXT_BYTES)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **options)
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"text_file needs the model's tokenizer, and none loads from {tokenizer_source!r}: {exc}"
         ) from exc
-    ids = tokenizer(file.read_text(encoding="utf-8"), verbose=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+    return text_tokens(tokenizer, text_file, EVAL_CHUNKS * seq_len)
+
+
+def text_tokens(tokenizer, path, max_tokens: int) -> torch.Tensor:
+    """The first ``max_tokens`` token ids of the UTF-8 text file ``path`` (at most ``MAX_TEXT_BYTES``).
+    Only a prefix of the text goes through the tokenizer, cut at whitespace and doubled until it
+    gives more tokens than needed: a tokenizer's memory grows fast on a long unbroken line, so
+    the whole text is never tokenized for the few tokens a run takes."""
+    file = _check_file(path, MAX_TEXT_BYTES)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"'{file}' is not UTF-8 text.") from exc
+    length = 8 * max(max_tokens, 1)
+    while True:
+        cut = len(text) if length >= len(text) else _whitespace_before(text, length)
+        ids = tokenizer(text[:cut], verbose=False)["input_ids"]
+        if len(ids) > max_tokens or cut == len(text):  # beyond the cut's token: the first ones are final
+            return torch.tensor(ids[:max_tokens], dtype=torch.long)
+        length *= 2
+
+
+def _whitespace_before(text: str, end: int) -> int:
+    """The last whitespace position before ``end`` (``end`` itself for an unbroken stretch)."""
+    position = max(text.rfind(" ", 0, end), text.rfind("\n", 0, end))
+    return position if position > end // 2 else end
 
 
 def load_hf(
@@ -725,7 +752,7 @@ def load_hf(
         if text_file is not None:
             raise ValueError("text_file (perplexity) applies to causal language models only.")
         return encoder_bundle(model, name=f"hf:{source}", source=source, vocab_size=config.vocab_size, seq_len=seq_len)
-    tokens = None if text_file is None else _read_text_tokens(source, options, text_file)
+    tokens = None if text_file is None else _read_text_tokens(source, options, text_file, seq_len)
     return lm_bundle(
         model, name=f"hf:{source}", source=source, vocab_size=config.vocab_size, seq_len=seq_len, text_tokens=tokens
     )

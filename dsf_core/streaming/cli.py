@@ -119,8 +119,8 @@ def is_run_directory(target) -> bool:
 def evaluate_command(args) -> int:
     """``evaluate OUT_DIR``: the compressed model read back with factorized layers; perplexity on
     ``--eval-text``; the run's own figures from its manifest."""
-    from ..models.loaders import _perplexity, _text_chunks
-    from .inputs import _tokenizer, _tokens
+    from ..models.loaders import EVAL_CHUNKS, _perplexity, _text_chunks, text_tokens
+    from .inputs import _tokenizer
     from .load import load_compressed
     from .store import read_manifest
 
@@ -132,7 +132,8 @@ def evaluate_command(args) -> int:
     rows.append({"metric": "n_params_compressed", "value": sum(r["n_params"] for r in manifest["reports"])})
     if args.eval_text:
         seq_len = args.seq_len or manifest["command"]["settings"]["seq_len"]
-        chunks = _text_chunks(_tokens(_tokenizer(args.model or manifest["model"]["model_dir"]), args.eval_text), seq_len)
+        tokenizer = _tokenizer(args.model or manifest["model"]["model_dir"])
+        chunks = _text_chunks(text_tokens(tokenizer, args.eval_text, EVAL_CHUNKS * seq_len), seq_len)
         rows.append({"metric": "perplexity", "value": _perplexity(model, _lm_logits, chunks)})
     if args.json:
         print(json.dumps(rows, indent=2))

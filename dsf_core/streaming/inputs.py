@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..compress import check_calibration
-from ..models.loaders import BATCH, CALIBRATION_SEED, MAX_TEXT_BYTES, _check_file, _random_tokens, _text_chunks
+from ..models.loaders import BATCH, CALIBRATION_SEED, EVAL_CHUNKS, _random_tokens, _text_chunks, text_tokens
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,7 +57,7 @@ class RunInputs:
         if not use_data:
             ids = None
         elif calibration_text:
-            tokens = _tokens(tokenizer, calibration_text)
+            tokens = text_tokens(tokenizer, calibration_text, calibration * seq_len)
             if len(tokens) < seq_len:
                 raise ValueError(f"--calibration-text gives {len(tokens)} tokens, fewer than one --seq-len ({seq_len}).")
             count = min(calibration, len(tokens) // seq_len)
@@ -66,7 +66,7 @@ class RunInputs:
             ids = _random_tokens(calibration, seq_len, source.config.vocab_size, CALIBRATION_SEED) if calibration else None
         self.n_calibration = 0 if ids is None else len(ids)
         self.calibration = [] if ids is None else [self._batch(b, source.family.causal) for b in ids.split(BATCH)]
-        chunks = None if eval_text is None else _text_chunks(_tokens(tokenizer, eval_text), seq_len)
+        chunks = None if eval_text is None else _text_chunks(text_tokens(tokenizer, eval_text, EVAL_CHUNKS * seq_len), seq_len)
         self.evaluation = [] if chunks is None else [b.to(self.device) for b in chunks.split(BATCH)]
 
     def _batch(self, ids: torch.Tensor, causal: bool):
@@ -98,12 +98,3 @@ def _tokenizer(directory):
     except (OSError, ValueError, TypeError, KeyError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"'{directory}' has no tokenizer that loads ({reason[:200]}); {needs}.") from exc
-
-
-def _tokens(tokenizer, path) -> torch.Tensor:
-    file = _check_file(path, MAX_TEXT_BYTES)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"'{file}' is not UTF-8 text.") from exc
-    return torch.tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long)
