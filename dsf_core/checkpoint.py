@@ -24,6 +24,7 @@ from .output_files import write_atomically
 FORMAT = "dsf-explorer-compressed/1"
 KINDS = ("product", "tt")
 MAX_FACTORS = 64  # PALM4MSA's most
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def save_compressed(path, result, model_spec: str | None, *, overwrite: bool = False) -> int:
@@ -212,6 +213,9 @@ def _rebuild_layer(name: str, layer: dict, stored: dict, original: nn.Module | N
             factor = _take(stored, key, used)
             _check_values(key, factor, tuple(shape))
         factors.append(factor)
+    dtypes = {factor.dtype for factor in factors}
+    if not dtypes <= {torch.float32, torch.float64} or len(dtypes) > 1:
+        raise ValueError(f"The factors of {name!r} have dtypes {sorted(map(str, dtypes))}; expected one of float32 or float64.")
     bias = stored.get(f"{name}.bias")
     if original is not None and (bias is None) != (getattr(original, "bias", None) is None):
         state = "lacks" if bias is None else "has"
@@ -240,8 +244,8 @@ def _check_values(key: str, value: torch.Tensor, shape: tuple, dtype: torch.dtyp
         if value.dtype != dtype:
             raise ValueError(f"{key} has dtype {value.dtype}; expected {dtype}.")
         return
-    if not value.is_floating_point():
-        raise ValueError(f"{key} has dtype {value.dtype}; expected floating-point values.")
+    if value.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{key} has dtype {value.dtype}; expected floating-point values (float16, bfloat16, float32, float64).")
     if not bool(torch.isfinite(value).all()):
         raise ValueError(f"{key} contains NaN or Inf values.")
 

@@ -279,6 +279,21 @@ def test_tampered_compressed_checkpoints_are_refused(tmp_path, compressed, chang
         load_compressed(bad, bundle.model)
 
 
+@pytest.mark.parametrize("key, dtype, match", [
+    ("fc1.factor_0", torch.float8_e4m3fn, "expected floating-point values"),  # no isfinite for float8
+    ("fc2.bias", torch.float8_e4m3fn, "expected floating-point values"),
+    ("fc1.factor_1", torch.float64, "have dtypes"),  # one layer's factors in two dtypes: fails in the forward
+    ("fc1.factor_0", torch.bfloat16, "have dtypes"),
+])
+def test_factors_of_unusable_dtypes_are_refused(tmp_path, compressed, key, dtype, match):
+    bundle, paths = compressed
+    with safe_open(str(paths["svd"]), framework="pt") as handle:
+        value = handle.get_tensor(key).to(dtype)
+    bad = tampered(paths["svd"], tmp_path / "bad.safetensors", tensors={key: value})
+    with pytest.raises(ValueError, match=match):
+        load_compressed(bad, bundle.model)
+
+
 def test_sparse_values_with_nan_and_bad_indices_are_refused(tmp_path, compressed):
     bundle, paths = compressed
     with safe_open(str(paths["magnitude"]), framework="pt") as handle:

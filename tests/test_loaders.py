@@ -184,6 +184,8 @@ def test_wrong_shape_names_the_key(resnet_file):
         ({"weight": torch.zeros(3, 6, dtype=torch.int32), "bias": torch.zeros(3)}, "'weight' has dtype torch.int32"),
         ({"weight": torch.full((3, 6), float("nan")), "bias": torch.zeros(3)}, "'weight' contains NaN"),
         ({"weight": torch.zeros(3, 6), "bias": [0.0, 0.0, 0.0]}, r"entries \['bias'\] are not tensors"),
+        ({"weight": torch.zeros(3, 6, dtype=torch.float8_e4m3fn), "bias": torch.zeros(3)}, "'weight' has dtype torch.float8"),
+        ({"weight": torch.zeros(3, 6).to_sparse(), "bias": torch.zeros(3)}, "'weight' is a torch.sparse_coo tensor"),
     ],
 )
 def test_bad_state_dicts(tmp_path, state, match):

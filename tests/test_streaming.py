@@ -107,6 +107,25 @@ def test_export_dense_never_mixes_two_models_exports(model_dirs, tmp_path):
     assert {f.name: f.read_bytes() for f in export.iterdir()} == before
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.complex64, torch.bool])
+def test_weights_stored_as_non_floats_are_refused_before_any_work(dtype, model_dirs, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from dsf_core.streaming.source import ModelSource
+
+    directory = tmp_path / "model"
+    shutil.copytree(model_dirs["llama"], directory)
+    shard = sorted(directory.glob("model-*.safetensors"))[0]
+    tensors = load_file(shard)
+    key = next(k for k, v in tensors.items() if v.ndim == 2)
+    tensors[key] = tensors[key].to(dtype)
+    save_file(tensors, shard, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"{key}.*is stored as"):
+        ModelSource(directory)
+
+
 def test_perplexity_before_and_after_matches_the_whole_model(model_dirs, tmp_path):
     directory = model_dirs["llama"]
     result = compress_streaming(directory, "wanda", 0.5, calibration=8, seq_len=SEQ_LEN, eval_text=TEXT,

@@ -412,7 +412,11 @@ def _check_state(state: dict, expected: dict) -> None:
                 f"Shape mismatch for '{key}': the file has {tuple(value.shape)}, "
                 f"the architecture expects {tuple(want.shape)}."
             )
+        if value.layout != torch.strided or value.is_meta:
+            raise ValueError(f"'{key}' is a {'meta' if value.is_meta else value.layout} tensor; expected a dense one with values.")
         if value.is_floating_point():
+            if value.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+                raise ValueError(f"'{key}' has dtype {value.dtype}; expected float16, bfloat16, float32 or float64.")
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"'{key}' contains NaN or Inf values; expected finite weights.")
         elif value.dtype != want.dtype:

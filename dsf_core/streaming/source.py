@@ -19,6 +19,7 @@ from .families import FAMILIES, Family, infer_family, why_not_streamed
 
 INDEX = "model.safetensors.index.json"
 MAX_INDEX_BYTES = 50 << 20
+FLOAT_FILE_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names
 
 
 class ModelSource:
@@ -150,6 +151,12 @@ class ModelSource:
                     raise ValueError(
                         f"Tensor {key!r} in '{self.shards[file_key]}' has shape {list(headers[file_key])}; "
                         f"the config says {list(tensor.shape)}."
+                    )
+                stored = self.headers[file_key][1]
+                if tensor.is_floating_point() and stored not in FLOAT_FILE_DTYPES:
+                    raise ValueError(
+                        f"Tensor {key!r} in '{self.shards[file_key]}' is stored as {stored}; expected floating-point "
+                        f"values ({', '.join(FLOAT_FILE_DTYPES)})."
                     )
 
 
