@@ -5,6 +5,7 @@ errors, and the command line answers every mistake with one line and exit status
 import json
 import os
 import pickle
+import re
 import signal
 import stat
 import subprocess
@@ -225,6 +226,23 @@ def test_config_declaring_billions_of_parameters_is_refused(tmp_path, config, ma
             print("refused:", exc)
     """)
     assert "refused:" in done.stdout and match in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("override, match", [
+    ({"num_attention_heads": 0}, "ZeroDivisionError"),
+    ({"hidden_act": "nonexistent"}, "KeyError: 'nonexistent'"),
+    ({"hidden_size": -16}, "negative dimension"),
+    ({"hidden_size": "16"}, "hidden_size"),
+    ({"max_position_embeddings": -1}, "max_position_embeddings=-1"),
+])
+def test_config_with_bad_values_is_a_value_error_on_both_paths(tmp_path, override, match):
+    from dsf_core.models.loaders import load_hf
+    from dsf_core.streaming.source import ModelSource
+
+    _tiny_llama_dir(tmp_path, **override)
+    for load in (load_hf, ModelSource):  # in memory, streamed: a ValueError is the CLI's one-line error
+        with pytest.raises(ValueError, match=re.escape(match)):
+            load(str(tmp_path))
 
 
 def test_calibration_counts_and_method_options_are_bounded(monkeypatch):

@@ -565,17 +565,39 @@ def _check_hf_dir(directory: Path, max_bytes: int | None) -> None:
 MAX_CONFIG_LAYERS = 4096  # a bound on layer counts read from a config, before building anything
 
 
-def check_config_layers(config) -> None:
-    """Refuse a config whose layer count is not in ``[1, MAX_CONFIG_LAYERS]``, before anything is built."""
+def _config_errors() -> tuple[type[BaseException], ...]:
+    from huggingface_hub.errors import StrictDataclassError
+
+    return (ValueError, KeyError, TypeError, ArithmeticError, RuntimeError, StrictDataclassError)
+
+
+# What transformers raises on a config.json with bad values (a string size, zero heads, an unknown
+# activation, a negative width), in reading it or building a model from it.
+CONFIG_ERRORS = _config_errors()
+
+
+def config_error(exc: BaseException) -> str:
+    """One line on what was wrong with a config, the exception's type named unless a ValueError."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text if isinstance(exc, (ValueError, OSError)) and text else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def check_config_bounds(config) -> None:
+    """Refuse a config whose layer count is not in ``[1, MAX_CONFIG_LAYERS]`` or whose position
+    count is below 1, before anything is built."""
     for key in ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"):
         layers = getattr(config, key, None)
         if isinstance(layers, int) and not 1 <= layers <= MAX_CONFIG_LAYERS:
             raise ValueError(f"The config declares {key}={layers}; expected 1 to {MAX_CONFIG_LAYERS}.")
+    for key in ("max_position_embeddings", "n_positions"):
+        positions = getattr(config, key, None)
+        if isinstance(positions, int) and positions < 1:
+            raise ValueError(f"The config declares {key}={positions}; expected at least 1.")
 
 
 def _check_declared_size(directory: Path, auto, config) -> None:
     """Refuse a config whose model is over the parameter limit or larger than its weight files."""
-    check_config_layers(config)
+    check_config_bounds(config)
     with torch.device("meta"):
         skeleton = auto.from_config(config)
     n_params = sum(p.numel() for p in skeleton.parameters())
@@ -743,9 +765,9 @@ def load_hf(
             if not causal:
                 options.update(encoder_options(config, _stored_names(directory)))
         model, loading = auto.from_pretrained(source, use_safetensors=True, output_loading_info=True, **options)
-    except (OSError, ValueError) as exc:
+    except (OSError, *CONFIG_ERRORS) as exc:
         if local:
-            raise ValueError(f"'{source}' is not a loadable Hugging Face model directory: {exc}") from exc
+            raise ValueError(f"'{source}' is not a loadable Hugging Face model directory: {config_error(exc)}") from exc
         raise _hub_error(path_or_id, exc) from exc
     check_hf_weights(model, loading, source, strict=strict, head_keys=set() if causal else saved_head_keys(config))
     model = model.float().eval()

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .._torchvision_compat import prepare_transformers
-from ..models.loaders import check_config_layers, encoder_options, why_not_loadable
+from ..models.loaders import CONFIG_ERRORS, check_config_bounds, config_error, encoder_options, why_not_loadable
 from .families import FAMILIES, Family, infer_family, why_not_streamed
 
 INDEX = "model.safetensors.index.json"
@@ -30,7 +30,7 @@ class ModelSource:
         self.directory = Path(directory).expanduser().resolve()
         self.config = _read_config(self.directory)
         _check_streams(self.config)
-        check_config_layers(self.config)
+        check_config_bounds(self.config)
         self.shards = _shard_map(self.directory)  # tensor name in the files -> shard file
         known = FAMILIES.get(self.config.model_type)
         self.model = skeleton(self.config, causal=known.causal if known else True, stored_names=self.shards)
@@ -165,10 +165,13 @@ def skeleton(config, *, causal: bool, stored_names) -> nn.Module:
     holding ``stored_names`` has it) on the meta device, in eval mode (no weights allocated)."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    with torch.device("meta"):
-        if causal:
-            return AutoModelForCausalLM.from_config(config).eval()
-        return AutoModel.from_config(config, **encoder_options(config, stored_names)).eval()
+    try:
+        with torch.device("meta"):
+            if causal:
+                return AutoModelForCausalLM.from_config(config).eval()
+            return AutoModel.from_config(config, **encoder_options(config, stored_names)).eval()
+    except CONFIG_ERRORS as exc:
+        raise ValueError(f"The config ({config.model_type!r}) does not build a model: {config_error(exc)}") from exc
 
 
 def is_model_directory(path) -> bool:
@@ -186,9 +189,8 @@ def _read_config(directory: Path):
 
     try:
         return AutoConfig.from_pretrained(directory, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"'{directory}/config.json' is not a readable model config: {reason}") from exc
+    except (OSError, *CONFIG_ERRORS) as exc:
+        raise ValueError(f"'{directory}/config.json' is not a readable model config: {config_error(exc)}") from exc
 
 
 def _check_streams(config) -> None:
