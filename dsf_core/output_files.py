@@ -37,12 +37,18 @@ def check_target(path, *, overwrite: bool = False) -> Path:
     parent = target.parent
     if not parent.is_dir():
         raise FileNotFoundError(f"Cannot write '{target}': the directory '{parent}' does not exist.")
-    try:  # a real probe: os.access says yes to root on read-only file systems
-        with tempfile.TemporaryFile(dir=parent):
+    try:  # a real probe, named as the temporary file will be: os.access says yes to root on read-only
+        # file systems, and a name too long for the file system shows only when a file is made
+        with tempfile.NamedTemporaryFile(dir=parent, **_temporary_name(target)):
             pass
     except OSError as exc:
-        raise PermissionError(f"Cannot write in the directory '{parent}': {exc.strerror or exc}.") from None
+        raise PermissionError(f"Cannot write '{target.name}' in the directory '{parent}': {exc.strerror or exc}.") from None
     return target
+
+
+def _temporary_name(target: Path) -> dict:
+    """The prefix and suffix of the temporary file written beside ``target``."""
+    return {"prefix": f".{target.name}.", "suffix": ".partial"}
 
 
 def write_atomically(path, write, *, overwrite: bool = False) -> int:
@@ -52,7 +58,7 @@ def write_atomically(path, write, *, overwrite: bool = False) -> int:
     the usual ones (0666 less the umask). Nothing is left behind when ``write`` fails.
     """
     target = check_target(path, overwrite=overwrite)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    handle, temporary = tempfile.mkstemp(dir=target.parent, **_temporary_name(target))
     os.close(handle)
     try:
         write(temporary)

@@ -121,6 +121,8 @@ def test_unwritable_places_fail_before_any_work(tmp_path):
         check_target(tmp_path / "missing" / "m.safetensors")
     with pytest.raises(ValueError, match="non-empty"):
         check_target("")
+    with pytest.raises(PermissionError, match="File name too long"):  # its temporary name would be over 255 bytes
+        check_target(tmp_path / ("m" * 243 + ".st"))
     start = time.perf_counter()
     for out, match in ((str(tmp_path / "missing" / "m.st"), "does not exist"), ("", "non-empty"),
                        ("/dev/null", "character device"), (str(tmp_path), "directory")):
