@@ -1,4 +1,5 @@
-"""Tell a weights file's format from its content (never from its name) and bound what it unpacks to."""
+"""Tell a weights file's format from its content (never from its name), bound what it unpacks to,
+and map a Hugging Face checkpoint's tensors to its safetensors shards."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import struct
 import zipfile
 from pathlib import Path
 
+from safetensors import safe_open
+
 from .limits import human_bytes
 
 SAFETENSORS_MAX_HEADER = 100 << 20  # the safetensors library's own limit on the JSON header
+INDEX = "model.safetensors.index.json"  # a sharded Hugging Face checkpoint's list of shards
+MAX_INDEX_BYTES = 50 << 20
 
 
 def detect_format(path) -> str | None:
@@ -52,17 +57,41 @@ def check_zip_size(path, max_bytes: int) -> None:
         )
 
 
-def safetensors_header(path) -> dict:
-    """The JSON header of a safetensors file (tensor names to dtype, shape and offsets)."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        if size > SAFETENSORS_MAX_HEADER:
-            raise ValueError(f"'{path}' declares a {size}-byte header; not a safetensors file.")
+def hf_shard_map(directory: Path) -> dict[str, str]:
+    """Tensor name -> shard file name, from the index (every listed shard must exist and hold the
+    names the index gives it) or from the single ``model.safetensors``."""
+    index = directory / INDEX
+    if index.is_file():
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise ValueError(f"'{index}' is over {MAX_INDEX_BYTES} bytes; not a shard index.")
         try:
-            header = json.loads(f.read(size))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"'{path}' has no readable safetensors header ({exc}).") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"'{path}' has no readable safetensors header.")
-    header.pop("__metadata__", None)
-    return header
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"'{index}' is not a shard index (a JSON object with a 'weight_map').") from exc
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"'{index}' has a malformed 'weight_map'; expected tensor names mapped to file names.")
+    elif (directory / "model.safetensors").is_file():
+        weight_map = None
+    else:
+        raise ValueError(f"'{directory}' has no model.safetensors and no {INDEX}; only safetensors weights are read.")
+    files = sorted(set(weight_map.values())) if weight_map is not None else ["model.safetensors"]
+    found = {}
+    for name in files:
+        if Path(name).name != name:
+            raise ValueError(f"The shard index names {name!r}; shards must be plain file names in the model directory.")
+        file = directory / name
+        if not file.is_file():
+            raise ValueError(f"Shard '{name}' listed in {INDEX} is missing from '{directory}'.")
+        try:
+            with safe_open(file, framework="pt") as handle:
+                found.update(dict.fromkeys(handle.keys(), name))
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"Shard '{file}' is not a readable safetensors file ({exc}).") from exc
+    if weight_map is not None:
+        wrong = [key for key, name in weight_map.items() if found.get(key) != name]
+        if wrong:
+            raise ValueError(
+                f"Shard index and shards disagree: {wrong[0]!r} is listed in {weight_map[wrong[0]]!r} but "
+                f"{'is in ' + repr(found[wrong[0]]) if wrong[0] in found else 'is in no shard'}."
+            )
+    return found

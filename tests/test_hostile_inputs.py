@@ -220,6 +220,8 @@ def test_config_declaring_billions_of_parameters_is_refused(tmp_path, config, ma
     for file in tmp_path.glob("*.safetensors"):
         file.unlink()
     save_file({"x": torch.zeros(4)}, str(tmp_path / "model.safetensors"))
+    header = json.dumps({"big": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 1 << 42]}}).encode()
+    (tmp_path / "zz.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)  # lies; never read
     done = run_capped(f"""
         from dsf_core.models.loaders import load_hf
         try:

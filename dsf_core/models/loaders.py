@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 import torch.nn.functional as F
 from torch import nn
 
 from .._torchvision_compat import import_torchvision, prepare_transformers
-from ..file_formats import check_zip_size, detect_format, safetensors_header
+from ..file_formats import check_zip_size, detect_format, hf_shard_map
 from ..limits import limit
 from . import BUILTIN_MODELS, load_builtin
 from ._bundle import ModelBundle
@@ -607,8 +608,10 @@ def _check_declared_size(directory: Path, auto, config) -> None:
             f"The config declares {n_params:,} parameters, over the limit of {top:,}; if you trust this "
             "model, raise it with the environment variable DSF_MAX_MODEL_PARAMS."
         )
-    stored = sum(math.prod(entry["shape"]) for file in directory.glob("*.safetensors")
-                 for entry in safetensors_header(file).values() if isinstance(entry, dict) and "shape" in entry)
+    stored = 0
+    for file in sorted(set(hf_shard_map(directory).values())):  # the files from_pretrained reads, checked whole
+        with safe_open(directory / file, framework="pt") as handle:
+            stored += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
     if n_params > 1.05 * stored + 4096:
         raise ValueError(
             f"The config declares a model of {n_params:,} parameters but the weight files hold only "
@@ -639,7 +642,7 @@ def encoder_options(config, stored_names) -> dict:
 
 
 def _stored_names(directory: Path) -> list[str]:
-    return [name for file in directory.glob("*.safetensors") for name in safetensors_header(file) if name != "__metadata__"]
+    return list(hf_shard_map(directory))
 
 
 def check_hf_weights(model: nn.Module, loading: dict, source: str, *, strict: bool = True, head_keys=frozenset()) -> None:

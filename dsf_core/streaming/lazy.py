@@ -18,7 +18,8 @@ from ..limits import check_bytes
 from ..models.loaders import BATCH
 from .inputs import RunInputs
 from .families import why_not_streamed
-from .source import INDEX, ModelSource, _read_config, is_model_directory
+from ..file_formats import INDEX
+from .source import ModelSource, _read_config, is_model_directory
 
 # bytes per element of the safetensors dtypes
 ITEM_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,

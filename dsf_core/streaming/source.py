@@ -5,7 +5,6 @@ model (a block, or everything outside the blocks) read onto a device only when a
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,11 +13,10 @@ from safetensors import safe_open
 from torch import nn
 
 from .._torchvision_compat import prepare_transformers
+from ..file_formats import hf_shard_map
 from ..models.loaders import CONFIG_ERRORS, check_config_bounds, config_error, encoder_options, why_not_loadable
 from .families import FAMILIES, Family, infer_family, why_not_streamed
 
-INDEX = "model.safetensors.index.json"
-MAX_INDEX_BYTES = 50 << 20
 FLOAT_FILE_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names
 
 
@@ -31,7 +29,7 @@ class ModelSource:
         self.config = _read_config(self.directory)
         _check_streams(self.config)
         check_config_bounds(self.config)
-        self.shards = _shard_map(self.directory)  # tensor name in the files -> shard file
+        self.shards = hf_shard_map(self.directory)  # tensor name in the files -> shard file
         known = FAMILIES.get(self.config.model_type)
         self.model = skeleton(self.config, causal=known.causal if known else True, stored_names=self.shards)
         self.family: Family = known or infer_family(self.model, self.config)
@@ -201,43 +199,3 @@ def _check_streams(config) -> None:
     unloadable = why_not_loadable(config)
     in_memory = f"nor can the in-memory path run it: {unloadable}" if unloadable else "the in-memory path can load it: add --in-memory"
     raise ValueError(f"Model type {config.model_type!r} cannot be streamed ({reason}); {in_memory}.")
-
-
-def _shard_map(directory: Path) -> dict[str, str]:
-    """Tensor name -> shard file name, from the index (every listed shard must exist and hold the
-    names the index gives it) or from the single ``model.safetensors``."""
-    index = directory / INDEX
-    if index.is_file():
-        if index.stat().st_size > MAX_INDEX_BYTES:
-            raise ValueError(f"'{index}' is over {MAX_INDEX_BYTES} bytes; not a shard index.")
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"'{index}' is not a shard index (a JSON object with a 'weight_map').") from exc
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise ValueError(f"'{index}' has a malformed 'weight_map'; expected tensor names mapped to file names.")
-    elif (directory / "model.safetensors").is_file():
-        weight_map = None
-    else:
-        raise ValueError(f"'{directory}' has no model.safetensors and no {INDEX}; only safetensors weights stream.")
-    files = sorted(set(weight_map.values())) if weight_map is not None else ["model.safetensors"]
-    found = {}
-    for name in files:
-        if Path(name).name != name:
-            raise ValueError(f"The shard index names {name!r}; shards must be plain file names in the model directory.")
-        file = directory / name
-        if not file.is_file():
-            raise ValueError(f"Shard '{name}' listed in {INDEX} is missing from '{directory}'.")
-        try:
-            with safe_open(file, framework="pt") as handle:
-                found.update(dict.fromkeys(handle.keys(), name))
-        except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise ValueError(f"Shard '{file}' is not a readable safetensors file ({exc}).") from exc
-    if weight_map is not None:
-        wrong = [key for key, name in weight_map.items() if found.get(key) != name]
-        if wrong:
-            raise ValueError(
-                f"Shard index and shards disagree: {wrong[0]!r} is listed in {weight_map[wrong[0]]!r} but "
-                f"{'is in ' + repr(found[wrong[0]]) if wrong[0] in found else 'is in no shard'}."
-            )
-    return found
