@@ -102,6 +102,17 @@ def _check_layer_entry(name: str, layer) -> None:
     where = f"Manifest entry {name!r}"
     if not isinstance(layer, dict) or not {"kind", "shapes", "sparse", "weight_shape", "conv"} <= layer.keys():
         raise ValueError(f"{where} must hold kind, shapes, sparse, weight_shape and conv.")
+    check_factor_entry(where, layer)
+    check_tensor(layer["weight_shape"], 4, f"{where}, weight,")
+    if len(layer["weight_shape"]) not in (2, 4):
+        raise ValueError(f"{where}: weight_shape must be 2-D or 4-D. Got {layer['weight_shape']} instead.")
+    conv = layer["conv"]
+    if conv is not None and (not isinstance(conv, dict) or set(conv) != {"stride", "padding", "dilation"}):
+        raise ValueError(f"{where}: 'conv' must be null or hold stride, padding and dilation.")
+
+
+def check_factor_entry(where: str, layer: dict) -> None:
+    """A layer entry's factors: known kind, one sparse flag per factor, non-negative int shapes within limits."""
     if layer["kind"] not in KINDS:
         raise ValueError(f"{where} has kind {layer['kind']!r}; expected one of {list(KINDS)}.")
     shapes, sparse = layer["shapes"], layer["sparse"]
@@ -113,12 +124,6 @@ def _check_layer_entry(name: str, layer) -> None:
         check_tensor(shape, 4, f"{where}, factor {i},")
         if sparse[i] and len(shape) != 2:
             raise ValueError(f"{where}: sparse factor {i} must be 2-D. Got shape {shape} instead.")
-    check_tensor(layer["weight_shape"], 4, f"{where}, weight,")
-    if len(layer["weight_shape"]) not in (2, 4):
-        raise ValueError(f"{where}: weight_shape must be 2-D or 4-D. Got {layer['weight_shape']} instead.")
-    conv = layer["conv"]
-    if conv is not None and (not isinstance(conv, dict) or set(conv) != {"stride", "padding", "dilation"}):
-        raise ValueError(f"{where}: 'conv' must be null or hold stride, padding and dilation.")
 
 
 def load_compressed(path, base_model: nn.Module) -> nn.Module:

@@ -126,6 +126,29 @@ def test_weights_stored_as_non_floats_are_refused_before_any_work(dtype, model_d
         ModelSource(directory)
 
 
+@pytest.mark.parametrize("change, match", [
+    ({"blocks_done": "abc"}, "'blocks_done'"),
+    ({"reports": "x"}, "'reports'"),
+    ({"reports": [{"name": "x"}]}, "per-layer records"),
+    ({"model": {}}, "no model directory"),
+    ({"layers": {"model.layers.0.mlp.up_proj": {"file": "block-00000.safetensors", "kind": "product", "shapes": [[64, 32]],
+                                                "sparse": [False], "conv": {"stride": [1, 1]}}}}, "no convolution"),
+    ({"layers": {"model.layers.0.mlp.up_proj": {"file": "block-00000.safetensors", "kind": "product",
+                                                "shapes": [[64, -1]], "sparse": [False], "conv": None}}}, "non-negative"),
+])
+def test_a_damaged_run_manifest_is_refused_by_name(change, match, model_dirs, tmp_path):
+    import json
+
+    from dsf_core.streaming.store import read_manifest
+
+    out = tmp_path / "out"
+    compress_streaming(model_dirs["llama"], "magnitude", 0.5, calibration=0, seq_len=SEQ_LEN, out=out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(ValueError, match=match):
+        read_manifest(out)
+
+
 def test_perplexity_before_and_after_matches_the_whole_model(model_dirs, tmp_path):
     directory = model_dirs["llama"]
     result = compress_streaming(directory, "wanda", 0.5, calibration=8, seq_len=SEQ_LEN, eval_text=TEXT,

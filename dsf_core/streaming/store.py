@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .._modules import FactorizedLinear
-from ..checkpoint import _encode_sparse, _rebuild_layer, check_factor_chain, unshared
+from ..checkpoint import _encode_sparse, _rebuild_layer, check_factor_chain, check_factor_entry, unshared
 
 FORMAT = "dsf-explorer-streamed/1"
 MANIFEST = "manifest.json"
@@ -38,7 +38,29 @@ def read_manifest(directory) -> dict:
         raise ValueError(f"'{file}' is not valid JSON ({exc}).") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"'{file}' is not the manifest of a streamed run (format {FORMAT!r}).")
+    _check_manifest(manifest, file)
     return manifest
+
+
+def _check_manifest(manifest: dict, file) -> None:
+    """Every field a run reads, of the type it is written with; each layer entry's factors."""
+    fields = {"command": dict, "model": dict, "blocks_done": int, "complete": bool, "layers": dict, "reports": list}
+    for key, kind in fields.items():
+        value = manifest.get(key)
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+            raise ValueError(f"'{file}' is damaged: its {key!r} is {value!r:.80}, not a {kind.__name__}.")
+    if not isinstance(manifest["model"].get("model_dir"), str):
+        raise ValueError(f"'{file}' is damaged: it names no model directory.")
+    for name, entry in manifest["layers"].items():
+        where = f"'{file}', layer {name!r}"
+        if not isinstance(entry, dict) or set(entry) != {"file", "kind", "shapes", "sparse", "conv"}:
+            raise ValueError(f"{where}: expected file, kind, shapes, sparse and conv.")
+        if not isinstance(entry["file"], str) or entry["conv"] is not None:
+            raise ValueError(f"{where}: expected a block file name and no convolution settings.")
+        check_factor_entry(where, entry)
+    report_keys = {"name", "shape", "n_params_dense", "n_params", "error", "weighted_error", "seconds"}
+    if not all(isinstance(row, dict) and set(row) == report_keys for row in manifest["reports"]):
+        raise ValueError(f"'{file}' is damaged: its reports are not per-layer records ({', '.join(sorted(report_keys))}).")
 
 
 def is_streamed_output(path) -> bool:
