@@ -114,25 +114,27 @@ def test_compress_keeps_infeasible_layers_and_per_layer_densities_dense():
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "PATTERN=DENSITY" in bad.stderr
 
 
-def test_mixture_of_experts_weights_are_listed_as_not_factorizable_and_the_run_says_so(tmp_path):
+def test_mixture_of_experts_weights_are_listed_as_not_factorizable_and_the_run_says_so(tmp_path, capsys, monkeypatch):
     from dsf_core._torchvision_compat import prepare_transformers
+    from dsf_core.cli import main
 
     prepare_transformers()
     import torch
     from transformers import AutoModelForCausalLM, MixtralConfig
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
     config = MixtralConfig(vocab_size=100, num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
                            num_key_value_heads=1, intermediate_size=64, num_local_experts=4, num_experts_per_tok=2,
                            max_position_embeddings=64)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "moe")
-    listed = run("layers", str(tmp_path / "moe"), "--json")
-    assert listed.returncode == 0, listed.stderr
-    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    capsys.readouterr()
+    assert main(["layers", str(tmp_path / "moe"), "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     experts = rows["model.layers.0.mlp.experts"]  # the experts' stacked 3-D weights: not one matrix
     assert not experts["factorizable"] and "3 or more dimensions" in experts["reason"]
     assert rows["model.layers.0.self_attn.q_proj"]["factorizable"]
-    done = run("compress", str(tmp_path / "moe"), "--in-memory", "--method", "magnitude", "--density", "0.5",
-               "--calibration", "0")
-    assert done.returncode == 0, done.stderr
-    assert f"{2 * experts['params']:,} parameters" in done.stderr and "stay dense" in done.stderr
+    assert main(["compress", str(tmp_path / "moe"), "--in-memory", "--method", "magnitude", "--density", "0.5",
+                 "--calibration", "0"]) == 0
+    err = capsys.readouterr().err
+    assert f"{2 * experts['params']:,} parameters" in err and "stay dense" in err
