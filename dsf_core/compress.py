@@ -166,7 +166,7 @@ def _settings(bundle: ModelBundle, spec, calibration, sequential, damp, output_w
     return {
         "calibration": calibration,
         "sequential": defaults["sequential"] if sequential is None else sequential,
-        "damp": defaults["damp"] if damp is None else damp,
+        "damp": check_damp(defaults["damp"] if damp is None else damp),
         "output_weighting": bool(output_weighting),
     }
 
@@ -203,6 +203,13 @@ def check_calibration(count) -> int:
             "(the upper limit is the environment variable DSF_MAX_CALIBRATION)."
         )
     return count
+
+
+def check_damp(damp) -> float:
+    """A Gram damping: a finite number >= 0 (a fraction of the Gram's mean diagonal)."""
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 <= damp < float("inf"):
+        raise ValueError(f"damp must be a finite number >= 0. Got {damp!r} instead.")
+    return float(damp)
 
 
 def output_row_weights(sensitivity: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:

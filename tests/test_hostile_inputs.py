@@ -254,6 +254,9 @@ def test_calibration_counts_and_method_options_are_bounded(monkeypatch):
     for count in (-5, 3_000_000, 1.5, True):
         with pytest.raises(ValueError, match="calibration must be an int"):
             compress_model(bundle, "wanda", 0.5, calibration=count, evaluate=False)
+    for damp in (float("nan"), -5.0, float("inf")):  # was taken as 0 and recorded as NaN
+        with pytest.raises(ValueError, match="damp must be a finite number"):
+            compress_model(bundle, "wanda", 0.5, calibration=8, damp=damp, evaluate=False)
     weight = torch.randn(16, 16)
     start = time.perf_counter()
     with pytest.raises(ValueError, match="at most the weight's larger side 16"):

@@ -93,6 +93,23 @@ def test_export_dense_loads_in_plain_transformers(family, model_dirs, tmp_path):
     assert not torch.allclose(_outputs(plain, ids), _outputs(original, ids), atol=1e-3)
 
 
+def test_outputs_get_the_usual_file_mode_and_damping_is_checked(model_dirs, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        compress_streaming(model_dirs["llama"], "magnitude", 0.5, calibration=0, seq_len=SEQ_LEN, out=tmp_path / "out")
+        export = export_dense(tmp_path / "out", tmp_path / "dense")
+    finally:
+        os.umask(umask)
+    files = [*(tmp_path / "out").iterdir(), *export.iterdir()]
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in files)  # not mkstemp's 0600
+    for damp in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="damp must be a finite number"):
+            compress_streaming(model_dirs["llama"], "wanda", 0.5, calibration=8, seq_len=SEQ_LEN, damp=damp)
+
+
 def test_export_dense_never_mixes_two_models_exports(model_dirs, tmp_path):
     runs = {}
     for family in ("llama", "mistral"):  # the same command on two models

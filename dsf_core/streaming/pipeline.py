@@ -32,7 +32,7 @@ from torch import nn
 from .._api import factorize
 from .._registry import get_method
 from ..calibration import accumulate_inputs, sequential_groups
-from ..compress import LayerReport
+from ..compress import LayerReport, check_damp
 from ..layers import list_layers, select_layers, set_module, weight_matrix
 from .distributed import Ranks
 from ..models.loaders import BATCH
@@ -163,6 +163,7 @@ def compress_streaming(
     start = time.perf_counter()
     spec = get_method(method)
     spec.resolve_options(options)  # bad option names or values fail here, before any work
+    damp = check_damp(damp)
     source = ModelSource(model_dir)
     inputs = RunInputs(source, calibration=calibration, seq_len=seq_len, device=device, dtype=dtype,
                        calibration_text=calibration_text, eval_text=eval_text,

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from .._modules import FactorizedLinear
 from ..checkpoint import _encode_sparse, _rebuild_layer, check_factor_chain, check_factor_entry, unshared
+from ..output_files import new_file_mode
 
 FORMAT = "dsf-explorer-streamed/1"
 MANIFEST = "manifest.json"
@@ -163,6 +164,9 @@ def atomic_write(target: Path, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        with open(temporary, "rb") as f:  # on disk before it takes the target's place
+            os.fsync(f.fileno())
+        os.chmod(temporary, new_file_mode(target))  # mkstemp's 0600 would hide the outputs from the user's group
         os.replace(temporary, target)
     except BaseException:
         os.unlink(temporary)
