@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 
 from .._torchvision_compat import import_torchvision, prepare_transformers
