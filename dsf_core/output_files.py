@@ -65,7 +65,7 @@ def write_atomically(path, write, *, overwrite: bool = False) -> int:
         with open(temporary, "rb") as f:
             os.fsync(f.fileno())
         check_target(target, overwrite=overwrite)  # again: the path may have changed meanwhile
-        os.chmod(temporary, new_file_mode(target))
+        os.chmod(temporary, _mode_for(target))
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -74,8 +74,7 @@ def write_atomically(path, write, *, overwrite: bool = False) -> int:
     return os.path.getsize(target)
 
 
-def new_file_mode(target: Path) -> int:
-    """The permission bits a file written to ``target`` gets: the existing file's, else 0666 less the umask."""
+def _mode_for(target: Path) -> int:
     try:
         return stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from ..calibration import collect_grams
+from ..file_formats import INDEX
 from ..layers import LayerInfo, list_layers
 from ..limits import check_bytes
 from ..models.loaders import BATCH
-from .inputs import RunInputs
 from .families import why_not_streamed
-from ..file_formats import INDEX
+from .inputs import RunInputs
 from .source import ModelSource, _read_config, is_model_directory
 
 # bytes per element of the safetensors dtypes

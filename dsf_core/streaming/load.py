@@ -17,9 +17,10 @@ from torch import nn
 
 from .._result import Factorization
 from ..layers import list_layers, set_module
+from ..output_files import write_atomically
 from .inputs import DTYPES, check_run_device
 from .source import ModelSource
-from .store import atomic_write, read_layers, read_manifest
+from .store import read_layers, read_manifest
 
 EXPORT_MARKER = "dsf-export.json"
 COPIED_SUFFIXES = (".json", ".txt", ".model", ".tiktoken")  # config, tokenizer, generation settings
@@ -68,7 +69,7 @@ def export_dense(out_dir, export_dir, *, model_dir=None) -> Path:
     identity = {"command": manifest["command"], "model": manifest["model"]}
     export = _export_directory(export_dir, identity)
     marker = json.dumps({"from": str(Path(out_dir).resolve()), **identity})
-    atomic_write(export / EXPORT_MARKER, lambda path: Path(path).write_text(marker))  # first: claims the directory
+    write_atomically(export / EXPORT_MARKER, lambda path: Path(path).write_text(marker), overwrite=True)  # first: claims the directory
     names = list(manifest["layers"])
     shapes = _layer_shapes(source.model, names)
     by_key = {source.file_key(name + ".weight"): name for name in names}
@@ -81,10 +82,10 @@ def export_dense(out_dir, export_dir, *, model_dir=None) -> Path:
             product = _product(module, shapes[name])
             transposed = type(source.model.get_submodule(name)).__name__ == "Conv1D"  # stores (in, out)
             tensors[key] = (product.T if transposed else product).to(tensors[key].dtype).contiguous()
-        atomic_write(export / shard, lambda path: save_file(tensors, path, metadata={"format": "pt"}))
+        write_atomically(export / shard, lambda path: save_file(tensors, path, metadata={"format": "pt"}), overwrite=True)
     for file in sorted(source.directory.iterdir()):
         if file.suffix in COPIED_SUFFIXES and file.is_file() and not file.is_symlink():
-            atomic_write(export / file.name, lambda path: shutil.copyfile(file, path))
+            write_atomically(export / file.name, lambda path: shutil.copyfile(file, path), overwrite=True)
     return export
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from safetensors.torch import save_file
 
 from .._modules import FactorizedLinear
 from ..checkpoint import _encode_sparse, _rebuild_layer, check_factor_chain, check_factor_entry, unshared
-from ..output_files import new_file_mode
+from ..output_files import write_atomically
 
 FORMAT = "dsf-explorer-streamed/1"
 MANIFEST = "manifest.json"
@@ -152,25 +151,8 @@ class OutputStore:
         self._replace(MANIFEST, lambda path: Path(path).write_text(text))
 
     def _replace(self, name: str, write) -> None:
-        atomic_write(self.directory / name, write)
+        write_atomically(self.directory / name, write, overwrite=True)  # the run's own file, or a new one
 
-
-def atomic_write(target: Path, write) -> None:
-    """``write(temporary path)`` in the target's directory, then move the file into place; never
-    over anything but a regular file."""
-    if os.path.lexists(target) and (target.is_symlink() or not target.is_file()):
-        raise ValueError(f"Refusing to replace '{target}': it is not a regular file.")
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix="-" + target.name)
-    os.close(handle)
-    try:
-        write(temporary)
-        with open(temporary, "rb") as f:  # on disk before it takes the target's place
-            os.fsync(f.fileno())
-        os.chmod(temporary, new_file_mode(target))  # mkstemp's 0600 would hide the outputs from the user's group
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 def read_layers(directory, manifest: dict, names, expected_shapes: dict) -> dict[str, FactorizedLinear]:
     """The named factorized layers of a streamed run, their shapes checked against the manifest and
