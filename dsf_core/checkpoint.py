@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ._modules import FactorizedConv2d, FactorizedLinear, _to_csr
-from .file_formats import detect_format
+from .file_formats import FLOAT_DTYPES, detect_format
 from .layers import is_factorizable, set_module, weight_matrix
 from .limits import check_bytes, check_tensor
 from .output_files import write_atomically
@@ -24,7 +24,6 @@ from .output_files import write_atomically
 FORMAT = "dsf-explorer-compressed/1"
 KINDS = ("product", "tt")
 MAX_FACTORS = 64  # PALM4MSA's most
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def save_compressed(path, result, model_spec: str | None, *, overwrite: bool = False) -> int:

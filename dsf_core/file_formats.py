@@ -8,6 +8,7 @@ import struct
 import zipfile
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from .limits import human_bytes
@@ -15,6 +16,9 @@ from .limits import human_bytes
 SAFETENSORS_MAX_HEADER = 100 << 20  # the safetensors library's own limit on the JSON header
 INDEX = "model.safetensors.index.json"  # a sharded Hugging Face checkpoint's list of shards
 MAX_INDEX_BYTES = 50 << 20
+# the floating-point weights the project reads, as torch and safetensors name them (no float8: no isfinite)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT_FILE_DTYPES = ("F16", "BF16", "F32", "F64")
 
 
 def detect_format(path) -> str | None:

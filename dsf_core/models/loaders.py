@@ -32,7 +32,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .._torchvision_compat import import_torchvision, prepare_transformers
-from ..file_formats import check_zip_size, detect_format, hf_shard_map
+from ..file_formats import FLOAT_DTYPES, check_zip_size, detect_format, hf_shard_map
 from ..limits import limit
 from . import BUILTIN_MODELS, load_builtin
 from ._bundle import ModelBundle
@@ -416,7 +416,7 @@ def _check_state(state: dict, expected: dict) -> None:
         if value.layout != torch.strided or value.is_meta:
             raise ValueError(f"'{key}' is a {'meta' if value.is_meta else value.layout} tensor; expected a dense one with values.")
         if value.is_floating_point():
-            if value.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            if value.dtype not in FLOAT_DTYPES:
                 raise ValueError(f"'{key}' has dtype {value.dtype}; expected float16, bfloat16, float32 or float64.")
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"'{key}' contains NaN or Inf values; expected finite weights.")

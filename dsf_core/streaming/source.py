@@ -13,11 +13,9 @@ from safetensors import safe_open
 from torch import nn
 
 from .._torchvision_compat import prepare_transformers
-from ..file_formats import hf_shard_map
+from ..file_formats import FLOAT_FILE_DTYPES, hf_shard_map
 from ..models.loaders import CONFIG_ERRORS, check_config_bounds, config_error, encoder_options, why_not_loadable
 from .families import FAMILIES, Family, infer_family, why_not_streamed
-
-FLOAT_FILE_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names
 
 
 class ModelSource:
