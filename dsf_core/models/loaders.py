@@ -596,7 +596,7 @@ def check_config_bounds(config) -> None:
             raise ValueError(f"The config declares {key}={positions}; expected at least 1.")
 
 
-def _check_declared_size(directory: Path, auto, config) -> None:
+def _check_declared_size(directory: Path, shards: dict, auto, config) -> None:
     """Refuse a config whose model is over the parameter limit or larger than its weight files."""
     check_config_bounds(config)
     with torch.device("meta"):
@@ -609,7 +609,7 @@ def _check_declared_size(directory: Path, auto, config) -> None:
             "model, raise it with the environment variable DSF_MAX_MODEL_PARAMS."
         )
     stored = 0
-    for file in sorted(set(hf_shard_map(directory).values())):  # the files from_pretrained reads, checked whole
+    for file in sorted(set(shards.values())):  # the files from_pretrained reads, checked whole
         with safe_open(directory / file, framework="pt") as handle:
             stored += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
     if n_params > 1.05 * stored + 4096:
@@ -639,10 +639,6 @@ def encoder_options(config, stored_names) -> dict:
     takes_it = "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(config)].__init__).parameters
     stores_pooler = any(".pooler." in f".{name}" for name in stored_names)
     return {"add_pooling_layer": False} if takes_it and not stores_pooler else {}
-
-
-def _stored_names(directory: Path) -> list[str]:
-    return list(hf_shard_map(directory))
 
 
 def check_hf_weights(model: nn.Module, loading: dict, source: str, *, strict: bool = True, head_keys=frozenset()) -> None:
@@ -764,9 +760,10 @@ def load_hf(
         causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.architectures or [])
         auto = AutoModelForCausalLM if causal else AutoModel
         if local:
-            _check_declared_size(directory, auto, config)
+            shards = hf_shard_map(directory)  # tensor name -> the shard from_pretrained reads it from
+            _check_declared_size(directory, shards, auto, config)
             if not causal:
-                options.update(encoder_options(config, _stored_names(directory)))
+                options.update(encoder_options(config, shards))
         model, loading = auto.from_pretrained(source, use_safetensors=True, output_loading_info=True, **options)
     except (OSError, *CONFIG_ERRORS) as exc:
         if local:
