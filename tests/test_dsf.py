@@ -165,6 +165,24 @@ def test_block_spd_inverse_matches_a_float64_inverse(shape):
     assert torch.allclose(inverse, inverse.mT, atol=1e-5 * float(inverse.abs().max()))
 
 
+def test_block_spd_inverse_uses_full_float32_products_whatever_the_setting():
+    # With bfloat16-based products ("medium" on CPUs with AVX512-BF16), the Schur complements of
+    # an ill-conditioned Gram (MiniLM's output.dense, shifted by a small rho) went indefinite.
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(384, 400, generator=g) * torch.logspace(-1, 1, 400)
+    spd = X @ X.T / 400 + 0.02 * torch.eye(384)  # condition number ~3000, as that Gram's
+    previous, seen = torch.get_float32_matmul_precision(), []
+    try:
+        torch.set_float32_matmul_precision("medium")
+        inverse = spd_inverse(spd, tick=lambda: seen.append(torch.get_float32_matmul_precision()))
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert seen and set(seen) == {"highest"}
+    oracle = torch.from_numpy(np.linalg.inv(spd.double().numpy()))
+    assert torch.linalg.norm(inverse.double() - oracle) / torch.linalg.norm(oracle) < 1e-2  # 2e-3 measured
+
+
 def test_matmul_precision_is_set_while_fitting_and_restored():
     W, _ = synthetic_matrix(128, 128)
     previous = torch.get_float32_matmul_precision()

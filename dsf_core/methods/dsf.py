@@ -388,22 +388,36 @@ def spd_inverse(matrix: torch.Tensor, leaf: int = 96, tick=lambda: None) -> torc
     ``[[A, B], [B^T, C]]^-1`` from ``A^-1`` and the Schur complement ``S = C - B^T A^-1 B`` (both
     SPD), down to Cholesky at ``leaf`` size. Nearly all work is matrix products: about twice as
     fast as a Cholesky inverse of the whole matrix (2 CPU threads, 256 to 1024 a side). ``tick()``
-    is called after each block's inverse (a long inversion can be interrupted from it)."""
+    is called after each block's inverse (a long inversion can be interrupted from it). Products
+    are full float32 whatever torch's precision setting: with bfloat16-based ones ("medium" on CPUs
+    with AVX512-BF16) the Schur complements of ill-conditioned matrices lose definiteness."""
+    inverse = torch.empty_like(matrix)
+    with float32_matmul_precision("highest"):
+        _invert_into(matrix, inverse, leaf, tick)
+    return inverse
+
+
+def _invert_into(matrix, out, leaf, tick):
+    """:func:`spd_inverse` of ``matrix``, written into ``out`` (a view of the same shape): each block
+    lands in place, with no copies to assemble the result."""
     n = matrix.shape[-1]
     if n <= leaf:
-        return torch.cholesky_inverse(torch.linalg.cholesky(matrix))
+        out.copy_(torch.cholesky_inverse(torch.linalg.cholesky(matrix)))
+        return
     h = n // 2
-    a_inv = spd_inverse(matrix[..., :h, :h], leaf, tick)
+    a_inv, s_inv = out[..., :h, :h], out[..., h:, h:]
+    _invert_into(matrix[..., :h, :h], a_inv, leaf, tick)
     tick()
     b = matrix[..., :h, h:]
     a_inv_b = a_inv @ b
     tick()
-    s_inv = spd_inverse(matrix[..., h:, h:] - b.mT @ a_inv_b, leaf, tick)
+    _invert_into(matrix[..., h:, h:] - b.mT @ a_inv_b, s_inv, leaf, tick)
     tick()
-    upper_right = -a_inv_b @ s_inv
+    product = a_inv_b @ s_inv  # minus the upper right block
     tick()
-    upper_left = a_inv - upper_right @ a_inv_b.mT
-    return torch.cat([torch.cat([upper_left, upper_right], -1), torch.cat([upper_right.mT, s_inv], -1)], -2)
+    a_inv.add_(product @ a_inv_b.mT)  # A^-1 + A^-1 B S^-1 B^T A^-1
+    torch.neg(product, out=out[..., :h, h:])
+    out[..., h:, :h].copy_(out[..., :h, h:].mT)
 
 
 def _unit_diagonal(gram):
