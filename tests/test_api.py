@@ -82,8 +82,10 @@ def test_float64_stays_float64(method):
 
 
 @pytest.mark.parametrize("method", ALL)
-@pytest.mark.parametrize("factor", [1e-30, 1e30])
+@pytest.mark.parametrize("factor", [2.0**-100, 2.0**100])
 def test_extreme_scales_neither_crash_nor_change_the_error(method, factor):
+    # Powers of two scale exactly: with bfloat16-based products (DSF's "medium" on CPUs with
+    # AVX512-BF16), 1e-30 rounds differently and sends a 24 x 32 fit down another path (9% apart).
     W, gram = _matrix(), _gram_for(method, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
