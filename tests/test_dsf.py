@@ -6,6 +6,7 @@ import torch
 
 from dsf_core import ConvergenceWarning, factorize
 from dsf_core.examples import minilm_weight, synthetic_matrix
+from dsf_core.methods._common import largest_indicator
 from dsf_core.methods.dsf import spd_inverse
 from dsf_core.plan import budget
 
@@ -181,6 +182,42 @@ def test_block_spd_inverse_uses_full_float32_products_whatever_the_setting():
     assert seen and set(seen) == {"highest"}
     oracle = torch.from_numpy(np.linalg.inv(spd.double().numpy()))
     assert torch.linalg.norm(inverse.double() - oracle) / torch.linalg.norm(oracle) < 1e-2  # 2e-3 measured
+
+
+def _scores(kind, shape=(300, 400)):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(*shape, generator=g)
+    if kind == "transposed":  # a view with columns contiguous, as DSF's left factor is held
+        return torch.randn(shape[1], shape[0], generator=g).T.abs()
+    if kind == "heavy-tailed rows":
+        return (x**3 * torch.rand(shape[0], 1, generator=g) ** 4).abs()
+    if kind == "half zeros":
+        return (x * (torch.rand(*shape, generator=g) < 0.5)).abs()
+    if kind == "eight levels":
+        return (x * 2).round().abs().clamp(max=7)
+    return x.abs()
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "transposed", "heavy-tailed rows", "half zeros", "eight levels"])
+@pytest.mark.parametrize("share", [0.02, 0.16, 0.5, 0.9])
+def test_largest_indicator_marks_the_largest_scores(kind, share):
+    scores = _scores(kind)
+    k = int(share * scores.numel())
+    indicator = largest_indicator(scores, k)
+    marked = indicator == 1
+    assert indicator.dtype == scores.dtype and bool(((indicator == 0) | marked).all())
+    assert int(marked.sum()) <= k
+    assert float(scores[marked].min()) >= float(scores[~marked].max())  # the largest, as a threshold keeps
+    if kind in ("half zeros", "eight levels"):  # ties at the threshold: never more than k, never a nonzero left for nothing
+        assert int(marked.sum()) >= min(0.99 * k, int((scores > 0).sum()))
+    else:
+        assert int(marked.sum()) >= (1 - 2.5e-4) * k
+
+
+def test_largest_indicator_is_exact_on_small_inputs():
+    scores = torch.rand(60, 70, generator=torch.Generator().manual_seed(8))
+    for k in (0, 1, 1234, 4200):
+        assert int(largest_indicator(scores, k).sum()) == k
 
 
 def test_matmul_precision_is_set_while_fitting_and_restored():

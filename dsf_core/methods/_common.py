@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy
 import torch
 
 from ..exceptions import BudgetError
@@ -73,6 +74,69 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
         ties = torch.nonzero(flat == threshold).squeeze(1)[:deficit]
         mask[ties] = True
     return mask.reshape(scores.shape)
+
+
+def largest_indicator(scores: torch.Tensor, k: int, slack: float = 2.5e-4) -> torch.Tensor:
+    """1.0 at the ``k`` largest of the nonnegative ``scores`` (or at the ``k'`` largest, ``k(1 -
+    slack) <= k' <= k``), 0.0 elsewhere, in ``scores``' dtype; exactly ``k`` on small inputs.
+
+    The entries above a threshold found by exact counts, from a guess and slope read off a sample:
+    three or four elementwise passes on large inputs, several times faster than
+    :func:`topk_mask` in an inner loop (which the slack allows: the last few entries cost most).
+    Scores tied at the threshold may leave more out; past 1% of ``k`` it falls back to
+    :func:`topk_mask`."""
+    n = scores.numel()
+    k = max(0, min(int(k), n))
+    if n <= _SMALL or k == 0 or k == n:
+        return topk_mask(scores, k).to(scores.dtype)
+    count_dtype = scores.dtype if n < 2**24 else torch.float64  # float sums of ones stay exact
+
+    def above(threshold: float):
+        indicator = (scores - threshold).clamp_(min=0).sign_()
+        return indicator, int(indicator.sum(dtype=count_dtype))
+
+    # numpy: torch's CPU sort is ~20x slower on a few thousand entries
+    sample = scores[:: max(1, scores.shape[0] // 64), :: max(1, scores.shape[-1] // 64)]
+    sample = numpy.sort(sample.reshape(-1).double().cpu().numpy())
+    size = sample.size
+    rank = min(int((1.0 - k / n) * size), size - 1)
+    lo, hi = max(rank - 64, 0), min(rank + 64, size - 1)
+    per_unit = n * (hi - lo) / size / max(float(sample[hi] - sample[lo]), 1e-30)  # entries per unit of score
+
+    # Illinois regula falsi on f(t) = count(t) - aim (falling as t rises), from secant steps.
+    aim = k - 0.5 * slack * k
+    low = high = None  # [t, f(t)] with f > 0 at low and f < 0 at high, once found
+    below_k, guess, previous, moved = None, float(sample[rank]), None, None
+    for _ in range(16):
+        indicator, count = above(guess)
+        if k - slack * k <= count <= k:
+            return indicator
+        point = [guess, count - aim]
+        if count > k:
+            low, side = point, "low"
+        else:
+            high, below_k, side = point, indicator, "high"
+        if low is not None and high is not None:
+            if side == moved:  # the same end moved twice in a row: halve the other's f
+                (high if side == "low" else low)[1] /= 2
+            moved = side
+            if math.nextafter(low[0], math.inf) >= high[0]:  # scores tie at the threshold
+                break
+            guess = low[0] + low[1] * (high[0] - low[0]) / (low[1] - high[1])
+        else:
+            if previous is not None and previous[1] != point[1] and previous[0] != point[0]:
+                per_unit = (previous[1] - point[1]) / (point[0] - previous[0])
+            guess += point[1] / max(per_unit, 1e-30)
+        previous = point
+        lowest, highest = (low[0] if low else 0.0), (high[0] if high else float(scores.max()))
+        if not lowest < guess < highest:
+            guess = 0.5 * (lowest + highest)
+    if below_k is None or high[1] + aim < 0.99 * k:
+        return topk_mask(scores, k).to(scores.dtype)
+    return below_k
+
+
+_SMALL = 32768  # below this many scores, topk_mask is as fast
 
 
 def kth_smallest(values: torch.Tensor, j: int, n_samples: int = 4096) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 
 from .._metrics import relative_error, weighted_relative_error
 from ..exceptions import ConvergenceWarning
-from ._common import Fit, budget_error, nm_count, nm_mask, nm_pattern, topk_mask
+from ._common import Fit, budget_error, largest_indicator, nm_count, nm_mask, nm_pattern, topk_mask
 from ._spec import MAX_ROUNDS, MethodSpec, Option, Plan, fixed_names, inner_dim_option, pattern_option
 
 _MASK_STEPS = 2  # ADMM steps per sub-problem that may re-choose the support; later ones keep it
@@ -279,6 +279,14 @@ def _support(values: torch.Tensor, state: _Sparse) -> torch.Tensor:
     return nm_mask(scores, *state.group) if state.axis == 1 else nm_mask(scores.T, *state.group).T
 
 
+def _support_indicator(values: torch.Tensor, state: _Sparse) -> torch.Tensor:
+    """:func:`_support` as 1.0 / 0.0 in ``values``' dtype, by the faster :func:`largest_indicator`
+    (which may keep a few fewer than ``nnz``)."""
+    if state.group is None:
+        return largest_indicator(values.abs(), state.nnz)
+    return _support(values, state).to(values.dtype)
+
+
 def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int, beat=lambda step: None) -> _Sparse:
     """ADMM for ``min ||target - fixed @ X||^2`` s.t. ``nnz(X) <= state.nnz``, warm-started.
 
@@ -298,9 +306,10 @@ def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int, beat=lam
     u = state.u * scale
 
     # (G + rho I)^-1 for the ADMM penalty rho = 1 and the warm-start penalty rho0, in one batch.
-    shifts = torch.tensor([1.0, rho0], dtype=gram.dtype, device=gram.device)
-    shifted = gram + shifts[:, None, None] * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    inverses = spd_inverse(shifted if rho0 != 1.0 else shifted[:1], tick=lambda: beat(-2))
+    shifts = torch.tensor([1.0, rho0] if rho0 != 1.0 else [1.0], dtype=gram.dtype, device=gram.device)
+    shifted = gram.expand(len(shifts), *gram.shape).clone()
+    shifted.diagonal(dim1=-2, dim2=-1).add_(shifts[:, None])
+    inverses = spd_inverse(shifted, tick=lambda: beat(-2))
     inverse, inverse0 = inverses[0], inverses[-1]
     beat(-1)
     x = inverse0 @ torch.add(rhs, z.sub_(u), alpha=rho0)  # rhs + rho0 (z - u)
@@ -310,8 +319,8 @@ def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int, beat=lam
     for step in range(steps):
         v = x.add_(u)
         if step < _MASK_STEPS:
-            off_support = (~_support(v, state)).to(v.dtype)
-            sign = 1.0 - 2.0 * off_support  # +1 on the support, -1 off it
+            off_support = _support_indicator(v, state).neg_().add_(1.0)
+            sign = off_support.mul(-2.0).add_(1.0)  # +1 on the support, -1 off it
         u = v * off_support  # new dual: u + x - z, zero on the support
         if step < steps - 1:
             x = inverse @ torch.addcmul(rhs, v, sign)  # rhs + z - u = rhs + v - 2 u
@@ -347,8 +356,7 @@ def _refit_left(W, a, b, gram, steps, go_on):
     Hessian ``B G B^T``, solved together (one step length per row)."""
     bg = b if gram is None else b @ gram
     hessian = bg @ b.T
-    x = _masked_cg(lambda d: hessian @ d, bg @ W.T, a.T, hessian.diagonal()[:, None], steps,
-                   lambda t: t.sum(0), go_on)
+    x = _masked_cg(lambda d: hessian @ d, bg @ W.T, a.T, hessian.diagonal()[:, None], steps, True, go_on)
     return x.T, b
 
 
@@ -356,27 +364,32 @@ def _refit_right(W, a, b, gram, steps, go_on):
     """``B`` on its support, ``A`` fixed: one problem with the Hessian ``(A^T A) (x) G``."""
     ata = a.T @ a
     diagonal = ata.diagonal()[:, None] * gram.diagonal()[None, :]
-    return a, _masked_cg(lambda d: ata @ d @ gram, a.T @ W @ gram, b, diagonal, steps, torch.sum, go_on)
+    return a, _masked_cg(lambda d: ata @ d @ gram, a.T @ W @ gram, b, diagonal, steps, False, go_on)
 
 
-def _masked_cg(apply, rhs, x, diagonal, steps, reduce, go_on):
+def _masked_cg(apply, rhs, x, diagonal, steps, per_column, go_on):
     """Jacobi-preconditioned conjugate gradients for ``apply(X) = rhs`` over the entries where ``x``
-    is nonzero, warm-started at ``x``; ``reduce`` sums inner products over one system (all entries,
-    or each column for independent systems)."""
+    is nonzero, warm-started at ``x``: one system, or each column its own when ``per_column``.
+    Updates are in place (elementwise passes cost as much as the products here)."""
+
+    def inner(p, q):  # the inner product of each system
+        return torch.linalg.vecdot(p, q, dim=0) if per_column else torch.tensordot(p, q, dims=2)
+
+    x = x.clone(memory_format=torch.contiguous_format)  # mixed layouts make each pass several times slower
     mask = (x != 0).to(x.dtype)
     diagonal = diagonal.clamp_min(1e-12 * max(float(diagonal.max()), 1e-30))
-    residual = (rhs - apply(x)) * mask  # minus the gradient, on the support
+    residual = torch.sub(rhs, apply(x)).mul_(mask)  # minus the gradient, on the support
     z = residual / diagonal
-    direction, rz = z, reduce(residual * z)
+    direction, rz = z.clone(), inner(residual, z)
     for step in range(steps):
-        curved = apply(direction) * mask
-        curvature = reduce(direction * curved)
+        curved = apply(direction).mul_(mask)
+        curvature = inner(direction, curved)
         alpha = torch.where(curvature > 0, rz / curvature.clamp_min(1e-30), 0.0)
-        x = x + alpha * direction
-        residual = residual - alpha * curved
-        z = residual / diagonal
-        rz_new = reduce(residual * z)
-        direction = z + torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), 0.0) * direction
+        x.addcmul_(alpha, direction)
+        residual.addcmul_(alpha, curved, value=-1.0)
+        torch.div(residual, diagonal, out=z)
+        rz_new = inner(residual, z)
+        direction.mul_(torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), 0.0)).add_(z)
         rz = rz_new
         if not go_on(step + 1):
             raise _Stopped
