@@ -124,6 +124,20 @@ def test_export_dense_never_mixes_two_models_exports(model_dirs, tmp_path):
     assert {f.name: f.read_bytes() for f in export.iterdir()} == before
 
 
+def test_layers_the_method_cannot_compress_are_refused_before_any_work(model_dirs, tmp_path):
+    from dsf_core import BudgetError
+
+    # 2:4 keeps half of each row: more than density 0.3 allows, on all 14 of the model's layers.
+    with pytest.raises(BudgetError, match=r"14 chosen layer\(s\) cannot be compressed by 'magnitude' at density 0\.3, "
+                                          r"e\.g\. 'model\.layers\.0\.self_attn\.q_proj': .*2:4 pattern"):
+        compress_streaming(model_dirs["llama"], "magnitude", 0.3, pattern="2:4", calibration=0, seq_len=SEQ_LEN,
+                           out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # Only the chosen layers count: the MLP's down projections alone are as short of budget.
+    with pytest.raises(BudgetError, match=r"^2 chosen layer\(s\)"):
+        compress_streaming(model_dirs["llama"], "svd", 0.01, layers="*.down_proj", calibration=0, seq_len=SEQ_LEN)
+
+
 @pytest.mark.parametrize("dtype", [torch.int8, torch.complex64, torch.bool])
 def test_weights_stored_as_non_floats_are_refused_before_any_work(dtype, model_dirs, tmp_path):
     import shutil

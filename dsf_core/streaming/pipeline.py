@@ -33,7 +33,9 @@ from .._api import factorize
 from .._registry import get_method
 from ..calibration import accumulate_inputs, sequential_groups
 from ..compress import LayerReport, check_damp
+from ..exceptions import BudgetError
 from ..layers import list_layers, select_layers, set_module, weight_matrix
+from ..plan import budget, method_plan
 from .distributed import Ranks
 from ..models.loaders import BATCH
 from .inputs import RunInputs
@@ -249,6 +251,7 @@ class _Run:
                 f"{self.ranks.world} processes; give more calibration samples."
             )
         self.chosen = _chosen_layers(self.source, layers)
+        _check_feasible(self.method, self.density, self.options, self.chosen)
         if out is not None:
             self.store = OutputStore(out, {"command": command, "model": fingerprint}, resume=resume,
                                      writer=self.ranks.writer)
@@ -318,6 +321,26 @@ def _chosen_layers(source: ModelSource, pattern: str | None) -> list[list[tuple[
                 "run keeps tied weights dense; leave it out of --layers, or use --in-memory, which unties them."
             )
     return parts
+
+
+def _check_feasible(method: str, density: float, options: dict, chosen) -> None:
+    """A BudgetError naming the chosen layers ``method`` cannot compress at ``density`` (an N:M
+    pattern on a width it does not divide, a rank below 1, ...), before any block is loaded rather
+    than when the run reaches them; each distinct shape is planned once."""
+    plans = {}
+    for name, shape in (layer for part in chosen for layer in part):
+        if shape not in plans:
+            plans[shape] = (method_plan(method, shape, density, **options), [])
+        plans[shape][1].append(name)
+    refused = [(shape, plan, names) for shape, (plan, names) in plans.items() if not plan.feasible]
+    if refused:
+        count = sum(len(names) for _, _, names in refused)
+        shape, plan, names = refused[0]
+        raise BudgetError(
+            f"{count} chosen layer(s) cannot be compressed by {method!r} at density {density}, e.g. {names[0]!r}: "
+            f"{plan.reason} Or leave those layers out with --layers.",
+            needed=plan.min_budget, budget=budget(shape, density), what=plan.reason,
+        )
 
 
 @torch.no_grad()
