@@ -155,6 +155,8 @@ def test_weights_stored_as_non_floats_are_refused_before_any_work(dtype, model_d
     save_file(tensors, shard, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=f"{key}.*is stored as"):
         ModelSource(directory)
+    with pytest.raises(ValueError, match=f"{key}.*is stored as"):  # in memory, from_pretrained would cast it
+        load_hf(str(directory))
 
 
 @pytest.mark.parametrize("change, match", [

@@ -32,7 +32,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .._torchvision_compat import import_torchvision, prepare_transformers
-from ..file_formats import FLOAT_DTYPES, check_zip_size, detect_format, hf_shard_map
+from ..file_formats import FLOAT_DTYPES, FLOAT_FILE_DTYPES, check_zip_size, detect_format, hf_shard_map
 from ..limits import limit
 from . import BUILTIN_MODELS, load_builtin
 from ._bundle import ModelBundle
@@ -597,7 +597,8 @@ def check_config_bounds(config) -> None:
 
 
 def _check_declared_size(directory: Path, shards: dict, auto, config) -> None:
-    """Refuse a config whose model is over the parameter limit or larger than its weight files."""
+    """Refuse a config whose model is over the parameter limit or larger than its weight files, and
+    weights or biases stored as other than floating-point values."""
     check_config_bounds(config)
     with torch.device("meta"):
         skeleton = auto.from_config(config)
@@ -611,7 +612,14 @@ def _check_declared_size(directory: Path, shards: dict, auto, config) -> None:
     stored = 0
     for file in sorted(set(shards.values())):  # the files from_pretrained reads, checked whole
         with safe_open(directory / file, framework="pt") as handle:
-            stored += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+            for key in handle.keys():
+                part = handle.get_slice(key)
+                stored += math.prod(part.get_shape())
+                if key.endswith((".weight", ".bias")) and part.get_dtype() not in FLOAT_FILE_DTYPES:
+                    raise ValueError(  # from_pretrained would cast it silently (complex parts dropped)
+                        f"Tensor {key!r} in '{file}' is stored as {part.get_dtype()}; expected floating-point "
+                        f"values ({', '.join(FLOAT_FILE_DTYPES)})."
+                    )
     if n_params > 1.05 * stored + 4096:
         raise ValueError(
             f"The config declares a model of {n_params:,} parameters but the weight files hold only "
