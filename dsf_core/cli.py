@@ -262,9 +262,9 @@ def _load(spec: str):
 def _options(args) -> dict:
     """The preset's options overlaid with ``--option NAME=VALUE`` (values read as JSON if they parse)."""
     spec = METHODS[args.method]
-    if args.preset and args.preset not in spec.presets:
+    if args.preset is not None and args.preset not in spec.presets:
         raise ValueError(f"Method {args.method!r} has no preset {args.preset!r}; it has {list(spec.presets)}.")
-    options = dict(spec.presets.get(args.preset, {})) if args.preset else {}
+    options = dict(spec.presets[args.preset]) if args.preset is not None else {}
     for item in args.option:
         name, sep, value = item.partition("=")
         if not sep:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ def add_compress_arguments(parser) -> None:
     parser.add_argument("--calibration-text", help="streamed runs: calibration samples from this text (the model's "
                         "tokenizer; default: random tokens)")
     parser.add_argument("--eval-text", help="streamed runs: perplexity on this text before and after")
-    parser.add_argument("--seq-len", type=int, help=f"streamed runs: tokens per sample (default {DEFAULT_SEQ_LEN}, "
+    parser.add_argument("--seq-len", type=_seq_len, help=f"streamed runs: tokens per sample (default {DEFAULT_SEQ_LEN}, "
                         "at most the model's maximum)")
     parser.add_argument("--resume", action="store_true", help="streamed runs: continue the interrupted run in --out")
     parser.add_argument("--export-dense", metavar="DIR", help="streamed runs: also write the compressed model as an "
@@ -32,9 +33,20 @@ def add_compress_arguments(parser) -> None:
                         "(whole model) instead of block by block")
 
 
+def _seq_len(text: str) -> int:
+    """A --seq-len argument: a whole number of at least 2 tokens (0 no longer means the default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 2, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 2, got {value}")
+    return value
+
+
 def add_evaluate_arguments(parser) -> None:
     parser.add_argument("--eval-text", help="a streamed run's output: perplexity on this text")
-    parser.add_argument("--seq-len", type=int, help="tokens per evaluation chunk (default: the run's)")
+    parser.add_argument("--seq-len", type=_seq_len, help="tokens per evaluation chunk (default: the run's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
 
@@ -61,7 +73,7 @@ def compress_command(args, options: dict) -> int:
     if args.export_dense:
         _check_export_target(args.export_dense, args.out)
     source = ModelSource(args.model)  # bad directories fail here, before anything else
-    seq_len = args.seq_len or min(DEFAULT_SEQ_LEN, source.max_positions or DEFAULT_SEQ_LEN)
+    seq_len = args.seq_len if args.seq_len is not None else min(DEFAULT_SEQ_LEN, source.max_positions or DEFAULT_SEQ_LEN)
     writer = int(os.environ.get("RANK", "0")) == 0
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or (os.path.join(scratch, "run") if args.export_dense else None)
@@ -131,7 +143,7 @@ def evaluate_command(args) -> int:
     rows = [{"metric": key, "value": manifest.get(key)} for key in ("dense_perplexity", "compressed_perplexity")]
     rows.append({"metric": "n_params_compressed", "value": sum(r["n_params"] for r in manifest["reports"])})
     if args.eval_text:
-        seq_len = args.seq_len or manifest["command"]["settings"]["seq_len"]
+        seq_len = args.seq_len if args.seq_len is not None else manifest["command"]["settings"]["seq_len"]
         tokenizer = _tokenizer(args.model or manifest["model"]["model_dir"])
         chunks = _text_chunks(text_tokens(tokenizer, args.eval_text, EVAL_CHUNKS * seq_len), seq_len)
         rows.append({"metric": "perplexity", "value": _perplexity(model, _lm_logits, chunks)})
