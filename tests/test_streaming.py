@@ -59,6 +59,20 @@ def test_streaming_equals_in_memory_and_reloads(family, model_dirs, tmp_path):
     assert not torch.allclose(_outputs(model, ids), _outputs(bundle.model, ids), atol=1e-3)  # it did compress
 
 
+def test_an_encoder_reports_the_in_memory_mean_cosine(model_dirs, tmp_path):
+    from dsf_core.streaming.store import read_manifest
+
+    directory = model_dirs["bert"]
+    bundle = load_hf(str(directory), seq_len=SEQ_LEN)
+    memory = compress_model(bundle, "magnitude", 0.3, layers=_blocks_pattern("bert"), calibration=0)
+    streamed = compress_streaming(directory, "magnitude", 0.3, calibration=0, seq_len=SEQ_LEN, out=tmp_path / "out")
+    # a random tiny BERT's embeddings barely move (0.99986): the two must agree far closer than that
+    assert memory.metric_name == "mean_cosine" and memory.compressed_metric < 1 - 1e-4
+    assert streamed.mean_cosine == pytest.approx(memory.compressed_metric, abs=1e-6)
+    assert read_manifest(tmp_path / "out")["mean_cosine"] == streamed.mean_cosine
+    assert streamed.dense_perplexity is None and streamed.compressed_perplexity is None
+
+
 @pytest.mark.parametrize("method, options", [("dsf", {"preset": "quick"}), ("svd", {})])
 @pytest.mark.parametrize("sequential", [True, False])
 def test_factorizing_methods_equal_in_memory(method, options, sequential, model_dirs, tmp_path):

@@ -74,3 +74,13 @@ def test_processes_given_different_arguments_stop_with_one_line(model, tmp_path)
         assert process.returncode == 2, err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and "different arguments" in lines[0] and "Traceback" not in err
+
+
+def test_an_encoders_mean_cosine_is_over_both_processes_batches(tmp_path):
+    bert = save_model("bert", tmp_path / "bert", n_layers=2)  # 32 held-out samples: one batch a process
+    result = torchrun("compress", bert, "--method", "wanda", "--density", "0.3", "--calibration", "32",
+                      "--seq-len", "16", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = compress_streaming(bert, "wanda", 0.3, calibration=32, seq_len=16)
+    assert one.mean_cosine < 1 - 1e-5
+    assert json.loads(result.stdout)["mean_cosine"] == pytest.approx(one.mean_cosine, abs=1e-6)

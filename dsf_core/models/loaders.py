@@ -44,6 +44,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 BATCH = 16
 CALIBRATION_SEED, EVAL_SEED = 0, 1
+ENCODER_EVAL_SAMPLES = 32  # held-out samples of an encoder's mean cosine
 
 # --- shared helpers ----------------------------------------------------------------------------
 
@@ -279,7 +280,7 @@ def _text_chunks(tokens: torch.Tensor, seq_len: int, max_chunks: int = EVAL_CHUN
 
 
 def encoder_bundle(
-    model: nn.Module, *, name: str, source: str, vocab_size: int, seq_len: int = 32, n_eval: int = 32
+    model: nn.Module, *, name: str, source: str, vocab_size: int, seq_len: int = 32, n_eval: int = ENCODER_EVAL_SAMPLES
 ) -> ModelBundle:
     """A bundle for a Hugging Face encoder: mean-pooled, normalised embeddings of random token ids."""
 

@@ -98,7 +98,8 @@ def compress_command(args, options: dict) -> int:
     summary = {
         "model": str(source.directory), "method": args.method, "density": args.density, "options": result.options,
         "settings": result.settings, "dense_perplexity": result.dense_perplexity,
-        "compressed_perplexity": result.compressed_perplexity, "n_params_dense": result.n_params_dense,
+        "compressed_perplexity": result.compressed_perplexity, "mean_cosine": result.mean_cosine,
+        "n_params_dense": result.n_params_dense,
         "n_params_compressed": result.n_params_compressed, "seconds": round(result.seconds, 3), "out": args.out,
         "export_dense": args.export_dense,
         "layers": [{"name": r.name, "shape": list(r.shape), "n_params_dense": r.n_params_dense, "n_params": r.n_params,
@@ -140,7 +141,7 @@ def evaluate_command(args) -> int:
     model = load_compressed(args.target, model_dir=args.model, device=args.device)
     if args.eval_text and not hasattr(model, "lm_head"):
         raise ValueError("--eval-text (perplexity) applies to causal language models only.")
-    rows = [{"metric": key, "value": manifest.get(key)} for key in ("dense_perplexity", "compressed_perplexity")]
+    rows = [{"metric": key, "value": manifest.get(key)} for key in ("dense_perplexity", "compressed_perplexity", "mean_cosine")]
     rows.append({"metric": "n_params_compressed", "value": sum(r["n_params"] for r in manifest["reports"])})
     if args.eval_text:
         seq_len = args.seq_len if args.seq_len is not None else manifest["command"]["settings"]["seq_len"]
@@ -167,7 +168,7 @@ def _print(args, summary: dict) -> None:
         print(f"{layer['name']:48s} {'x'.join(map(str, layer['shape'])):>11s} {layer['n_params']:>10d} "
               f"error {_cell(layer['error'])} weighted {_cell(layer['weighted_error'])}")
     print()
-    for key in ("options", "settings", "dense_perplexity", "compressed_perplexity", "n_params_dense",
+    for key in ("options", "settings", "dense_perplexity", "compressed_perplexity", "mean_cosine", "n_params_dense",
                 "n_params_compressed", "seconds", "out", "export_dense"):
         print(f"{key:22s} {_cell(summary[key])}")
 

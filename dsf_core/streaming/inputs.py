@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from ..compress import check_calibration
-from ..models.loaders import BATCH, CALIBRATION_SEED, EVAL_CHUNKS, _random_tokens, _text_chunks, text_tokens
+from ..models.loaders import (BATCH, CALIBRATION_SEED, ENCODER_EVAL_SAMPLES, EVAL_CHUNKS, EVAL_SEED, _random_tokens,
+                              _text_chunks, text_tokens)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,7 +38,8 @@ def check_run_device(device) -> torch.device:
 
 class RunInputs:
     """The run's device, dtype, calibration batches (``calibration``) and evaluation batches
-    (``evaluation``; token ids of ``eval_text`` for a causal model), on the device."""
+    (``evaluation``: token ids of ``eval_text`` for a causal model; for an encoder, the in-memory
+    path's held-out random tokens), on the device."""
 
     def __init__(self, source, *, calibration, seq_len, device, dtype, calibration_text, eval_text, use_data):
         self.device = check_run_device(device)
@@ -66,8 +68,12 @@ class RunInputs:
             ids = _random_tokens(calibration, seq_len, source.config.vocab_size, CALIBRATION_SEED) if calibration else None
         self.n_calibration = 0 if ids is None else len(ids)
         self.calibration = [] if ids is None else [self._batch(b, source.family.causal) for b in ids.split(BATCH)]
-        chunks = None if eval_text is None else _text_chunks(text_tokens(tokenizer, eval_text, EVAL_CHUNKS * seq_len), seq_len)
-        self.evaluation = [] if chunks is None else [b.to(self.device) for b in chunks.split(BATCH)]
+        if source.family.causal:
+            chunks = None if eval_text is None else _text_chunks(text_tokens(tokenizer, eval_text, EVAL_CHUNKS * seq_len), seq_len)
+            self.evaluation = [] if chunks is None else [b.to(self.device) for b in chunks.split(BATCH)]
+        else:  # an encoder: the in-memory path's held-out random tokens, for the embeddings' mean cosine
+            held_out = _random_tokens(ENCODER_EVAL_SAMPLES, seq_len, source.config.vocab_size, EVAL_SEED)
+            self.evaluation = [self._batch(b, causal=False) for b in held_out.split(BATCH)]
 
     def _batch(self, ids: torch.Tensor, causal: bool):
         """A batch as the model takes it: token ids, or a dict for an encoder (as the in-memory path)."""

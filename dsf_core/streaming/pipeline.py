@@ -37,7 +37,7 @@ from ..exceptions import BudgetError
 from ..layers import list_layers, select_layers, set_module, weight_matrix
 from ..plan import budget, method_plan
 from .distributed import Ranks
-from ..models.loaders import BATCH
+from ..models.loaders import BATCH, mean_pool
 from .inputs import RunInputs
 from .progress import Progress
 from .source import ModelSource
@@ -46,7 +46,8 @@ from .store import OutputStore, read_layers
 
 @dataclass
 class StreamResult:
-    """What a streamed run did: per-layer reports, perplexities (causal models with evaluation text)."""
+    """What a streamed run did: per-layer reports, perplexities (causal models with evaluation text)
+    or the mean cosine of the embeddings (encoders)."""
 
     method: str
     density: float
@@ -55,6 +56,7 @@ class StreamResult:
     layers: list[LayerReport]
     dense_perplexity: float | None = None
     compressed_perplexity: float | None = None
+    mean_cosine: float | None = None  # encoders: compressed against dense embeddings, as in memory
     seconds: float = 0.0
     out: str | None = None
 
@@ -212,12 +214,15 @@ def compress_streaming(
         result.layers.extend(run.head(calib, meter))
         if perplexity:
             result.compressed_perplexity = _perplexity(source, evals, inputs.evaluation_tokens(ranks), ranks)
+        elif evals is not None:
+            result.mean_cosine = _mean_cosine(source, dense_eval, evals, ranks)
         result.seconds = time.perf_counter() - start
         if run.store is not None:
             result.layers = [_report_of(r) for r in run.store.manifest["reports"]]  # with the resumed blocks'
             run.store.write_manifest(
                 complete=True, dense_perplexity=result.dense_perplexity,
-                compressed_perplexity=result.compressed_perplexity, seconds=round(result.seconds, 3),
+                compressed_perplexity=result.compressed_perplexity, mean_cosine=result.mean_cosine,
+                seconds=round(result.seconds, 3),
             )
         return result
     finally:
@@ -474,9 +479,24 @@ def _perplexity(source, stream: Stream, tokens: list[torch.Tensor], ranks) -> fl
     return math.exp(float(totals[0] / totals[1]))
 
 
-def head_forward(source: ModelSource, stream: Stream):
-    """``forward(model, j)``: the model's logits on batch j from the stream's hidden states (the
-    blocks' outputs). The model itself runs, its blocks replaced by :class:`_Replay`, so that what
+@torch.no_grad()
+def _mean_cosine(source, dense: Stream, compressed: Stream, ranks) -> float:
+    """The mean cosine between the dense and the compressed model's sentence embeddings (the
+    model's own output after the blocks, mean-pooled over the attention mask), over every
+    process's batches: the in-memory path's ``mean_cosine``."""
+    totals = torch.zeros(2, dtype=torch.float64, device=ranks.device)
+    outputs = [head_forward(source, stream, "last_hidden_state") for stream in (dense, compressed)]
+    for j, batch in enumerate(compressed.batches):
+        pair = [mean_pool(out(source.model, j).float(), batch["attention_mask"]) for out in outputs]
+        totals[0] += F.cosine_similarity(*pair, dim=-1).double().sum()
+        totals[1] += len(pair[0])
+    ranks.sum_(totals)
+    return float(totals[0] / totals[1])
+
+
+def head_forward(source: ModelSource, stream: Stream, output: str = "logits"):
+    """``forward(model, j)``: the model's ``output`` (logits; an encoder's last hidden state) on
+    batch j from the stream's hidden states (the blocks' outputs). The model itself runs, its blocks replaced by :class:`_Replay`, so that what
     follows the blocks is its own code: final norm, head, logit scaling or soft-capping."""
     blocks = source.blocks
 
@@ -484,7 +504,7 @@ def head_forward(source: ModelSource, stream: Stream):
         replays = nn.ModuleList(_Replay(stream.hidden[j] if i == 0 else None, stream.tuples) for i in range(len(blocks)))
         set_module(model, source.family.blocks, replays)
         try:
-            return _run_model(model, stream.batches[j]).logits
+            return getattr(_run_model(model, stream.batches[j]), output)
         finally:
             set_module(model, source.family.blocks, blocks)
 
