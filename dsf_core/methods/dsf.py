@@ -296,31 +296,34 @@ def _admm_solve(fixed, target, state: _Sparse, rho0: float, steps: int, beat=lam
     inside the inverse (``step = -2``), after it (``step = -1``) and after each step.
     """
     beat(-2)
-    gram, norms = _unit_diagonal(fixed.T @ fixed)
-    gram.diagonal().add_(_RIDGE * max(float(gram.diagonal().mean()), 1e-3))
+    # (G + rho I)^-1 of the column-normalised Gram G (plus a small ridge) for the ADMM penalty
+    # rho = 1 and the warm-start penalty rho0, in one batch.
+    raw = fixed.T @ fixed
+    norms = raw.diagonal().clamp_min(0).sqrt() + 1e-8
+    shifts = [1.0, rho0] if rho0 != 1.0 else [1.0]
+    shifted = raw.new_empty(len(shifts), *raw.shape)
+    torch.div(raw, torch.outer(norms, norms), out=shifted[0])
+    ridge = _RIDGE * max(float(shifted[0].diagonal().mean()), 1e-3)
+    shifted[1:].copy_(shifted[0])
+    for gram, shift in zip(shifted, shifts):
+        gram.diagonal().add_(ridge + shift)
     scale = norms[:, None]
     beat(-2)
     rhs = (fixed.T @ target).div_(scale)
     beat(-2)
-    z = state.z * scale
-    u = state.u * scale
-
-    # (G + rho I)^-1 for the ADMM penalty rho = 1 and the warm-start penalty rho0, in one batch.
-    shifts = torch.tensor([1.0, rho0] if rho0 != 1.0 else [1.0], dtype=gram.dtype, device=gram.device)
-    shifted = gram.expand(len(shifts), *gram.shape).clone()
-    shifted.diagonal(dim1=-2, dim2=-1).add_(shifts[:, None])
     inverses = spd_inverse(shifted, tick=lambda: beat(-2))
     inverse, inverse0 = inverses[0], inverses[-1]
     beat(-1)
-    x = inverse0 @ torch.add(rhs, z.sub_(u), alpha=rho0)  # rhs + rho0 (z - u)
+    u = state.u * scale
+    x = inverse0 @ torch.addcmul(rhs, state.z - state.u, scale, value=rho0)  # rhs + rho0 (z - u), scaled
 
     # Fused, in-place updates, three passes over X per step: below ~512 a side, elementwise passes
     # cost about as much as the products.
     for step in range(steps):
         v = x.add_(u)
         if step < _MASK_STEPS:
-            off_support = _support_indicator(v, state).neg_().add_(1.0)
-            sign = off_support.mul(-2.0).add_(1.0)  # +1 on the support, -1 off it
+            off_support = torch.rsub(_support_indicator(v, state), 1.0)
+            sign = torch.rsub(off_support, 1.0, alpha=2.0)  # +1 on the support, -1 off it
         u = v * off_support  # new dual: u + x - z, zero on the support
         if step < steps - 1:
             x = inverse @ torch.addcmul(rhs, v, sign)  # rhs + z - u = rhs + v - 2 u
@@ -435,12 +438,6 @@ def _invert_into(matrix, out, leaf, tick):
     a_inv.add_(product @ a_inv_b.mT)  # A^-1 + A^-1 B S^-1 B^T A^-1
     torch.neg(product, out=out[..., :h, h:])
     out[..., h:, :h].copy_(out[..., :h, h:].mT)
-
-
-def _unit_diagonal(gram):
-    """``D^-1 G D^-1`` with ``D = sqrt(diag G)``: the Gram of column-normalised factors, and ``D``."""
-    norms = gram.diagonal().clamp_min(0).sqrt() + 1e-8
-    return gram / norms[:, None] / norms[None, :], norms
 
 
 def plan(shape, budget, options) -> Plan:
