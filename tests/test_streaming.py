@@ -138,6 +138,38 @@ def test_export_dense_never_mixes_two_models_exports(model_dirs, tmp_path):
     assert {f.name: f.read_bytes() for f in export.iterdir()} == before
 
 
+def test_a_run_exports_itself_and_checks_the_export_target_before_any_work(model_dirs, tmp_path, monkeypatch):
+    import tempfile
+
+    from dsf_core.streaming import pipeline
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    run = dict(calibration=0, seq_len=SEQ_LEN)
+    compress_streaming(model_dirs["llama"], "magnitude", 0.5, out=tmp_path / "out", **run)
+    expected = export_dense(tmp_path / "out", tmp_path / "expected")
+    # without --out the factors pass through a scratch directory, removed afterwards
+    result = compress_streaming(model_dirs["llama"], "magnitude", 0.5, export_dense=tmp_path / "dense", **run)
+    assert result.out is None and list(scratch.iterdir()) == []
+    shards = sorted(f.name for f in expected.glob("*.safetensors"))
+    assert shards and [(tmp_path / "dense" / name).read_bytes() for name in shards] == [
+        (expected / name).read_bytes() for name in shards]
+
+    # another model's export: refused before the calibration pass, so no run is lost at the end
+    def started(*args, **kwargs):
+        raise AssertionError("the run started before its export target was checked")
+
+    monkeypatch.setattr(pipeline, "_capture", started)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "dense").iterdir()}
+    for target, out, match in [(tmp_path / "dense", None, "no export of this run of this model"),
+                               (tmp_path / "o", tmp_path / "o", "is the --out directory")]:
+        with pytest.raises(ValueError, match=match):
+            compress_streaming(model_dirs["mistral"], "magnitude", 0.5, out=out, export_dense=target, **run)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "dense").iterdir()} == before
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "o").exists()
+
+
 def test_layers_the_method_cannot_compress_are_refused_before_any_work(model_dirs, tmp_path):
     from dsf_core import BudgetError
 

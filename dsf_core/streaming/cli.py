@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from .source import is_model_directory
@@ -64,36 +63,28 @@ def streams(args) -> bool:
 
 def compress_command(args, options: dict) -> int:
     """``compress HF_DIR``: the streamed run, its summary on stdout (rank 0), progress on stderr."""
-    from .load import export_dense
     from .pipeline import compress_streaming
     from .source import ModelSource
 
     if args.output_weighting:
         raise ValueError("--output-weighting needs the whole model's backward pass; use --in-memory.")
-    if args.export_dense:
-        _check_export_target(args.export_dense, args.out)
     source = ModelSource(args.model)  # bad directories fail here, before anything else
     seq_len = args.seq_len if args.seq_len is not None else min(DEFAULT_SEQ_LEN, source.max_positions or DEFAULT_SEQ_LEN)
-    writer = int(os.environ.get("RANK", "0")) == 0
-    with tempfile.TemporaryDirectory() as scratch:
-        out = args.out or (os.path.join(scratch, "run") if args.export_dense else None)
-        try:
-            result = compress_streaming(
-                args.model, args.method, args.density, layers=args.layers,
-                calibration=128 if args.calibration is None else args.calibration, seq_len=seq_len,
-                sequential=True if args.sequential is None else args.sequential, device=args.device or "cpu",
-                dtype=args.dtype or "float32", calibration_text=args.calibration_text, eval_text=args.eval_text,
-                out=out, resume=args.resume, progress=sys.stderr, **options,
-            )
-        except KeyboardInterrupt:
-            if not args.out:
-                raise
-            raise KeyboardInterrupt(
-                f"interrupted; the finished blocks are kept in '{args.out}': the same command with --resume goes on"
-            ) from None
-        if args.export_dense and writer:
-            export_dense(out, args.export_dense)
-    if not writer:
+    try:
+        result = compress_streaming(
+            args.model, args.method, args.density, layers=args.layers,
+            calibration=128 if args.calibration is None else args.calibration, seq_len=seq_len,
+            sequential=True if args.sequential is None else args.sequential, device=args.device or "cpu",
+            dtype=args.dtype or "float32", calibration_text=args.calibration_text, eval_text=args.eval_text,
+            out=args.out, export_dense=args.export_dense, resume=args.resume, progress=sys.stderr, **options,
+        )
+    except KeyboardInterrupt:
+        if not args.out:
+            raise
+        raise KeyboardInterrupt(
+            f"interrupted; the finished blocks are kept in '{args.out}': the same command with --resume goes on"
+        ) from None
+    if int(os.environ.get("RANK", "0")) != 0:
         return 0
     summary = {
         "model": str(source.directory), "method": args.method, "density": args.density, "options": result.options,
@@ -108,21 +99,6 @@ def compress_command(args, options: dict) -> int:
     }
     _print(args, summary)
     return 0
-
-
-def _check_export_target(path, out) -> None:
-    """Before any work: the export directory is not ``--out``, and new, empty, or an earlier export."""
-    from .load import EXPORT_MARKER
-
-    target = Path(path).expanduser()
-    if out is not None and target.resolve() == Path(out).expanduser().resolve():
-        raise ValueError(f"--export-dense '{target}' is the --out directory; name another one.")
-    if not os.path.lexists(target):
-        return
-    if not target.is_dir() or target.is_symlink():
-        raise ValueError(f"--export-dense '{target}' exists and is not a directory.")
-    if any(target.iterdir()) and not (target / EXPORT_MARKER).is_file():
-        raise ValueError(f"--export-dense '{target}' is not empty and holds no earlier export.")
 
 
 def is_run_directory(target) -> bool:

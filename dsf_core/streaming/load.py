@@ -67,7 +67,8 @@ def export_dense(out_dir, export_dir, *, model_dir=None) -> Path:
     weight's own dtype and layout) that ``AutoModel*.from_pretrained`` loads."""
     manifest, source = open_run(out_dir, model_dir)
     identity = {"command": manifest["command"], "model": manifest["model"]}
-    export = _export_directory(export_dir, identity)
+    export = check_export_target(export_dir, identity, out_dir)
+    export.mkdir(parents=True, exist_ok=True)
     marker = json.dumps({"from": str(Path(out_dir).resolve()), **identity})
     write_atomically(export / EXPORT_MARKER, lambda path: Path(path).write_text(marker), overwrite=True)  # first: claims the directory
     names = list(manifest["layers"])
@@ -95,16 +96,18 @@ def _product(module, shape) -> torch.Tensor:
     return Factorization("", {}, factors, [False] * len(factors), module.kind, tuple(shape)).to_matrix()
 
 
-def _export_directory(export_dir, identity: dict) -> Path:
-    """The export directory: new, empty, or an earlier (possibly interrupted) export of the same run
-    of the same model (never anything else, e.g. another model's export)."""
+def check_export_target(export_dir, identity: dict, out_dir=None) -> Path:
+    """The export directory, if it may be written: not the run's directory ``out_dir``, and new,
+    empty, or an earlier (possibly interrupted) export of the same run (``identity``: its command and
+    model fingerprint), never anything else, e.g. another model's export."""
     export = Path(export_dir).expanduser()
+    if out_dir is not None and export.resolve() == Path(out_dir).expanduser().resolve():
+        raise ValueError(f"--export-dense '{export}' is the --out directory; name another one.")
     if os.path.lexists(export):
         if not export.is_dir() or export.is_symlink():
             raise ValueError(f"--export-dense '{export}' exists and is not a directory.")
         if any(export.iterdir()) and _marked_identity(export / EXPORT_MARKER) != identity:
             raise ValueError(f"--export-dense '{export}' is not empty and holds no export of this run of this model.")
-    export.mkdir(parents=True, exist_ok=True)
     return export
 
 

@@ -22,8 +22,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +42,7 @@ from ..plan import budget, method_plan
 from .distributed import Ranks
 from ..models.loaders import BATCH, mean_pool
 from .inputs import RunInputs
+from .load import check_export_target, export_dense as write_dense_export
 from .progress import Progress
 from .source import ModelSource
 from .store import OutputStore, read_layers
@@ -153,6 +157,7 @@ def compress_streaming(
     calibration_text=None,
     eval_text=None,
     out=None,
+    export_dense=None,
     resume: bool = False,
     progress=None,
     **options,
@@ -163,6 +168,9 @@ def compress_streaming(
     ``calibration_text`` (the model's tokenizer), else uniform random tokens as the in-memory path
     draws them. ``dtype`` is the forward's (factorization runs in float32). ``out``: a directory for
     the factors and the manifest (see ``store.py``); ``resume`` continues a run interrupted there.
+    ``export_dense``: a directory that also gets the compressed model as an ordinary Hugging Face
+    model (see ``load.export_dense``), checked before any work; without ``out``, the factors pass
+    through a scratch directory.
     ``progress`` (a file, e.g. ``sys.stderr``) gets a line per layer with elapsed time and ETA."""
     start = time.perf_counter()
     spec = get_method(method)
@@ -176,9 +184,10 @@ def compress_streaming(
                 "dtype": dtype, "layers": layers, **inputs.describe()}
     command = {"method": method, "density": density, "options": options, "settings": settings}
     ranks = Ranks(inputs.device)
+    scratch = tempfile.mkdtemp(prefix="dsf-run-") if export_dense is not None and out is None else None
     try:
         run = _Run(source, inputs, ranks, spec, method, density, options, damp, bool(sequential))
-        run.check(command, layers, out, resume)
+        run.check(command, layers, Path(scratch) / "run" if scratch else out, resume, export_dense)
         result = StreamResult(method, density, dict(options), settings, [], out=None if out is None else str(out))
 
         # 1. inputs: what the first block receives, and every block's other arguments
@@ -224,9 +233,13 @@ def compress_streaming(
                 compressed_perplexity=result.compressed_perplexity, mean_cosine=result.mean_cosine,
                 seconds=round(result.seconds, 3),
             )
+            if export_dense is not None and ranks.writer:
+                write_dense_export(run.store.directory, export_dense)
         return result
     finally:
         ranks.close()
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 @dataclass
@@ -245,10 +258,14 @@ class _Run:
     chosen: list | None = None
     store: OutputStore | None = None
 
-    def check(self, command: dict, layers, out, resume: bool) -> None:
+    def check(self, command: dict, layers, out, resume: bool, export_dense=None) -> None:
         """Everything that can fail before the long work: the processes agree, the batches go round,
-        the layers are streamable, the output directory is new or this command's."""
+        the layers are streamable, the output directory is new or this command's, and so is the
+        dense export's."""
         fingerprint = self.source.fingerprint()
+        if export_dense is not None:  # the identity as the manifest will hold it, through JSON
+            identity = json.loads(json.dumps({"command": command, "model": fingerprint}))
+            check_export_target(export_dense, identity, out)
         self.ranks.agree(json.dumps({**command, "model": fingerprint}, sort_keys=True))
         if self.inputs.calibration and len(self.inputs.calibration) < self.ranks.world:
             raise ValueError(
