@@ -492,7 +492,7 @@ SPECS = (
             "admm_steps": Option(int, 5, "ADMM steps per sub-problem.", low=1, high=1000),
             "tol": Option(
                 float,
-                1e-3,
+                3e-3,
                 "Stop once two rounds in a row improve the best relative error by less than this "
                 "fraction (checked from the middle of the schedule on; the best round's factors are "
                 "kept); 0 runs every round.",
