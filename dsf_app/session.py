@@ -25,6 +25,7 @@ from dsf_core.streaming.lazy import LazyModel, opens_lazily
 
 from . import state
 from .messages import or_stop, plain_message
+from .scratch import scratch_folder
 
 DEFAULT_MODEL = "digits-cnn"
 MAX_UPLOAD_MB = 200  # also server.maxUploadSize in .streamlit/config.toml
@@ -175,21 +176,15 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     return shape
 
 
-_uploads: Path | None = None  # this server's private folder for uploads
-
-
 def save_upload(name: str, data: bytes) -> Path:
-    """Write an uploaded file (bounded by ``MAX_UPLOAD_MB``) into this server's own folder (made by
-    ``mkdtemp``: private, so nobody can plant a link there), in a subfolder named by its content,
-    so that the same upload is written once. The file is written whole or not at all."""
-    global _uploads
+    """Write an uploaded file (bounded by ``MAX_UPLOAD_MB``) into this server's own private folder
+    (see :func:`scratch_folder`), in a subfolder named by its content, so that the same upload is
+    written once. The file is written whole or not at all."""
     if len(data) > MAX_UPLOAD_MB << 20:
         raise ValueError(f"'{name}' is {len(data) / 2**20:.0f} MB; uploads are limited to {MAX_UPLOAD_MB} MB.")
     if not data:
         raise ValueError(f"'{name}' is empty.")
-    if _uploads is None or not _uploads.is_dir():
-        _uploads = Path(tempfile.mkdtemp(prefix="dsf-uploads-"))
-    folder = _uploads / hashlib.sha256(data).hexdigest()[:16]
+    folder = scratch_folder("uploads") / hashlib.sha256(data).hexdigest()[:16]
     folder.mkdir(exist_ok=True)
     path = folder / (Path(name).name if Path(name).name not in ("", ".", "..") else "upload")
     if not (path.is_file() and not path.is_symlink() and path.read_bytes() == data):

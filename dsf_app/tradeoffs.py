@@ -25,6 +25,7 @@ from dsf_core.stats import dense_file_bytes, latency_seconds, stored_values
 from . import figures, method_settings
 from .comparison import why_not
 from .jobs import Report
+from .scratch import scratch_folder
 
 MAX_RUNS = 12  # runs kept per model; older ones (and their checkpoint files) are dropped
 CLI_OUT = "compressed.safetensors"
@@ -209,8 +210,9 @@ def keep(store: list[Run], new: Sequence[Run], limit: int = MAX_RUNS) -> None:
 
 
 def checkpoint_folder() -> str:
-    """A fresh temporary folder for compressed checkpoints."""
-    return tempfile.mkdtemp(prefix="dsf-tradeoffs-")
+    """A fresh folder for one session's compressed checkpoints, in this server's private folder
+    (removed when the server exits)."""
+    return tempfile.mkdtemp(prefix="tradeoffs-", dir=scratch_folder("tradeoffs"))
 
 
 def download_name(run: Run, model_label: str) -> str:

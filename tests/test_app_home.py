@@ -2,6 +2,9 @@
 
 import hashlib
 import io
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -222,6 +225,24 @@ def test_an_upload_is_written_where_nobody_else_can_plant_a_file(tmp_path, monke
     assert session.save_upload("..", data).parent == path.parent
     (shared / "model.pt").unlink()
     shared.rmdir()
+
+
+def test_uploads_and_trade_off_checkpoints_go_with_the_server(tmp_path):
+    # Each session used to leave a folder of checkpoints in /tmp for good; now all of a server's
+    # files live in one private folder, removed when the server's process exits.
+    script = (
+        "from dsf_app import session, tradeoffs\n"
+        "upload = session.save_upload('model.pt', b'bytes')\n"
+        "folder = tradeoffs.checkpoint_folder()\n"
+        "open(folder + '/run.safetensors', 'wb').write(b'x' * 1000)\n"
+        "print(upload.parent.parent.parent, upload, folder)\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    root, upload, folder = (Path(p) for p in done.stdout.split())
+    assert root.parent == tmp_path and upload.is_relative_to(root) and folder.is_relative_to(root)
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
 
 
 def test_a_changed_weights_file_is_read_again(tmp_path):
