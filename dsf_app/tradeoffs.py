@@ -132,10 +132,9 @@ def compress(bundle: ModelBundle, settings: Settings, model_spec: str, folder: s
     """Compress a copy of ``bundle.model`` as ``settings`` say (per-layer progress through
     ``report``, which stops the run by returning False), evaluate it and save its checkpoint in
     ``folder``. Raises :class:`RunFailed` saying why (and for a budget too small, which layer)."""
-    chosen, done = [], []
+    chosen = []
 
     def callback(count, total, layer: LayerReport | None):
-        done.append(layer)
         return True if report is None else report(layer, count / total)
 
     try:
@@ -153,8 +152,8 @@ def compress(bundle: ModelBundle, settings: Settings, model_spec: str, folder: s
         file_bytes = save_compressed(path, result, model_spec, overwrite=True)  # our own temporary file
     except Exception as exc:  # one failed run is reported in words; a sweep goes on with the next
         reason = why_not(exc)
-        if isinstance(exc, BudgetError) and len(done) < len(chosen):  # a budget is per layer
-            reason = f"layer {chosen[len(done)].name}: {reason}"
+        if isinstance(exc, BudgetError) and exc.layer:  # a budget is per layer
+            reason = f"layer {exc.layer}: {reason}"
         raise RunFailed(f"{settings.label}, {reason}") from exc
     return Run(
         settings, metrics, metrics[bundle.metric_name], stored_values(result.model), file_bytes,

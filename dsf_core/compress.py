@@ -20,6 +20,7 @@ from .calibration import collect_grams, output_sensitivity, sequential_groups
 from .layers import LayerInfo, select_layers, set_module, weight_matrix
 from .limits import limit
 from .models import ModelBundle
+from .plan import budget, method_plan
 
 
 @dataclass
@@ -109,6 +110,8 @@ def compress_model(
     model = copy.deepcopy(bundle.model).eval()
     chosen = select_layers(model, layers)
     densities = {layer.name: density_of(layer.name, density, layer_densities) for layer in chosen}
+    if not keep_infeasible:
+        _check_feasible(method, chosen, densities, options)
     use_data = settings["calibration"] > 0 and (spec.uses_gram != "no" or settings["output_weighting"])
     batches = bundle.calibration_inputs(settings["calibration"]) if use_data else []
     if not use_data:  # the run reads no calibration data (output weighting is then off already): say so
@@ -133,6 +136,7 @@ def compress_model(
                 reports.append(report)
             except BudgetError as exc:
                 if not keep_infeasible:
+                    exc.layer = layer.name
                     raise
                 kept_dense[layer.name] = str(exc)
         if callback is not None and callback(done, len(chosen), report) is False:
@@ -147,6 +151,25 @@ def compress_model(
         outcome.compressed_metric = float(bundle.evaluate(model)[bundle.metric_name])
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _check_feasible(method: str, chosen: list[LayerInfo], densities: dict, options: dict) -> None:
+    """A BudgetError for the first chosen layer ``method`` cannot compress at its density (a rank
+    below 1, an N:M pattern the budget cannot hold, ...), before any calibration pass or fit rather
+    than when the run reaches it; each shape and density is planned once."""
+    plans = {}
+    for layer in chosen:
+        key = (layer.shape, densities[layer.name])
+        if key[1] >= 1.0:  # kept dense
+            continue
+        if key not in plans:
+            plans[key] = method_plan(method, *key, **options)
+        plan = plans[key]
+        if not plan.feasible:
+            raise BudgetError(
+                f"Layer {layer.name!r}: {plan.reason}", needed=plan.min_budget, budget=budget(*key), what=plan.what,
+                layer=layer.name,
+            )
 
 
 def _settings(bundle: ModelBundle, spec, calibration, sequential, damp, output_weighting) -> dict:

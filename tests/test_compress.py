@@ -330,6 +330,23 @@ def test_layer_densities_give_layers_their_own_budget_and_one_keeps_a_layer_dens
         compress_model(bundle, "magnitude", 0.3, calibration=0, evaluate=False, layer_densities={"fc": 1.5})
 
 
+def test_a_layer_that_cannot_meet_its_budget_stops_the_run_before_any_work(monkeypatch):
+    bundle = dsf_core.models.load_builtin("digits-cnn")
+
+    def started(*args, **kwargs):
+        raise AssertionError("the run started before its layers were planned")
+
+    monkeypatch.setattr(dsf_core.compress, "_compress_layer", started)
+    monkeypatch.setattr(bundle, "calibration_inputs", started)
+    # convs.2 (64 x 288) fits rank 1 at density 0.1; head (10 x 128), last, does not
+    with pytest.raises(dsf_core.BudgetError, match=r"^Layer 'head': Method 'svd' needs 138 parameters for rank 1") as caught:
+        compress_model(bundle, "svd", 0.1, layers="convs.2,head", calibration=8, evaluate=False)
+    assert (caught.value.layer, caught.value.needed, caught.value.budget, caught.value.what) == ("head", 138, 128, "rank 1")
+    with pytest.raises(dsf_core.BudgetError, match="'head'"):  # a density of its own is planned too
+        compress_model(bundle, "svd", 0.5, layers="convs.2,head", calibration=0, evaluate=False,
+                       layer_densities={"head": 0.1})
+
+
 def test_a_layer_that_cannot_meet_its_budget_is_kept_dense_when_asked(tmp_path):
     bundle = dsf_core.models.load_builtin("digits-cnn")
     with pytest.raises(dsf_core.BudgetError):  # convs.0 (32 x 9), head (10 x 128) at density 0.1: below rank 1

@@ -62,6 +62,13 @@ def test_a_budget_below_the_minimum_names_the_layer(bundle, tmp_path):
         tradeoffs.compress(bundle, Settings("svd", 0.01, calibration=0, keep_infeasible=False), "digits-cnn", str(tmp_path))
 
 
+def test_the_layer_named_is_the_one_below_its_minimum_not_the_first(bundle, tmp_path):
+    with pytest.raises(RunFailed, match=r"svd at density 0.10, layer head: below the method's minimum: "
+                                        r"it needs 138 parameters \(rank 1\), the budget is 128"):
+        tradeoffs.compress(bundle, Settings("svd", 0.1, ("convs.2", "head"), calibration=0, keep_infeasible=False),
+                           "digits-cnn", str(tmp_path))
+
+
 def test_sweep_goes_on_after_a_failed_run_and_stops_on_request(bundle, tmp_path):
     grid = tradeoffs.grid(Settings("svd", 0.3, ("head",), calibration=0, keep_infeasible=False), ["svd", "magnitude"], [0.3, 0.01])
     assert [(s.method, s.density) for s in grid] == [

@@ -117,6 +117,7 @@ class Plan:
     min_budget: int  # the fewest stored parameters it needs with these options
     summary: str = ""  # what it would store, in words ("rank 12 of 16"); empty when not feasible
     reason: str = ""  # why it cannot run; empty when it can
+    what: str = ""  # what its minimum budget pays for ("rank 1"), when it cannot run
 
 
 def fixed_names(*names: str) -> Callable[[int], list[str]]:
@@ -189,11 +190,11 @@ class MethodSpec:
         m, n = shape
         if budget < 1:
             reason = f"a {m} x {n} matrix at this density leaves a budget of 0 parameters"
-            return Plan(False, options, 1, reason=reason)
+            return Plan(False, options, 1, reason=reason, what="one stored parameter")
         try:
             return self.planner((m, n), budget, options)
         except BudgetError as exc:
-            return Plan(False, options, exc.needed, reason=str(exc))
+            return Plan(False, options, exc.needed, reason=str(exc), what=exc.what)
 
     def progress_fraction(self, shape: tuple[int, int], options: Mapping[str, Any], step: int,
                           within: float = 1.0) -> float:

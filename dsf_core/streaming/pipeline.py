@@ -361,7 +361,7 @@ def _check_feasible(method: str, density: float, options: dict, chosen) -> None:
         raise BudgetError(
             f"{count} chosen layer(s) cannot be compressed by {method!r} at density {density}, e.g. {names[0]!r}: "
             f"{plan.reason} Or leave those layers out with --layers.",
-            needed=plan.min_budget, budget=budget(shape, density), what=plan.reason,
+            needed=plan.min_budget, budget=budget(shape, density), what=plan.what, layer=names[0],
         )
 
 
