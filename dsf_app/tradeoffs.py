@@ -132,7 +132,6 @@ def compress(bundle: ModelBundle, settings: Settings, model_spec: str, folder: s
     """Compress a copy of ``bundle.model`` as ``settings`` say (per-layer progress through
     ``report``, which stops the run by returning False), evaluate it and save its checkpoint in
     ``folder``. Raises :class:`RunFailed` saying why (and for a budget too small, which layer)."""
-    chosen = []
 
     def callback(count, total, layer: LayerReport | None):
         return True if report is None else report(layer, count / total)
