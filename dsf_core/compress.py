@@ -20,7 +20,7 @@ from .calibration import collect_grams, output_sensitivity, sequential_groups
 from .layers import LayerInfo, select_layers, set_module, weight_matrix
 from .limits import limit
 from .models import ModelBundle
-from .plan import budget, method_plan
+from .plan import budget, infeasible_layers
 
 
 @dataclass
@@ -156,20 +156,15 @@ def compress_model(
 def _check_feasible(method: str, chosen: list[LayerInfo], densities: dict, options: dict) -> None:
     """A BudgetError for the first chosen layer ``method`` cannot compress at its density (a rank
     below 1, an N:M pattern the budget cannot hold, ...), before any calibration pass or fit rather
-    than when the run reaches it; each shape and density is planned once."""
-    plans = {}
-    for layer in chosen:
-        key = (layer.shape, densities[layer.name])
-        if key[1] >= 1.0:  # kept dense
-            continue
-        if key not in plans:
-            plans[key] = method_plan(method, *key, **options)
-        plan = plans[key]
-        if not plan.feasible:
-            raise BudgetError(
-                f"Layer {layer.name!r}: {plan.reason}", needed=plan.min_budget, budget=budget(*key), what=plan.what,
-                layer=layer.name,
-            )
+    than when the run reaches it. Layers kept dense (density 1) are not planned."""
+    compressed = ((layer.name, layer.shape, densities[layer.name]) for layer in chosen if densities[layer.name] < 1.0)
+    refused = infeasible_layers(method, compressed, **options)
+    if refused:
+        name, shape, density, plan = refused[0]
+        raise BudgetError(
+            f"Layer {name!r}: {plan.reason}", needed=plan.min_budget, budget=budget(shape, density), what=plan.what,
+            layer=name,
+        )
 
 
 def _settings(bundle: ModelBundle, spec, calibration, sequential, damp, output_weighting) -> dict:

@@ -18,6 +18,20 @@ def method_plan(method: str, shape: tuple[int, int], density: float, **options) 
     return get_method(method).plan(shape, budget(shape, density), **options)
 
 
+def infeasible_layers(method: str, layers, **options) -> list[tuple[str, tuple[int, int], float, Plan]]:
+    """``(name, shape, density, plan)`` of each of ``layers`` (``(name, shape, density)`` triples,
+    in order) that ``method`` cannot compress with ``options``; each shape and density is planned
+    once, so a whole model's layers are checked before any work."""
+    plans, refused = {}, []
+    for name, shape, density in layers:
+        key = (tuple(shape), density)
+        if key not in plans:
+            plans[key] = method_plan(method, *key, **options)
+        if not plans[key].feasible:
+            refused.append((name, key[0], density, plans[key]))
+    return refused
+
+
 def automatic_options(method: str, shape: tuple[int, int], density: float, **options) -> dict:
     """The values ``method`` picks itself for its automatic options (default None) left automatic,
     e.g. ``{"rank": 12}`` for ``"svd"``. Raises ``BudgetError`` when the budget is below the

@@ -38,7 +38,7 @@ from ..calibration import accumulate_inputs, sequential_groups
 from ..compress import LayerReport, check_damp
 from ..exceptions import BudgetError
 from ..layers import list_layers, select_layers, set_module, weight_matrix
-from ..plan import budget, method_plan
+from ..plan import budget, infeasible_layers
 from .distributed import Ranks
 from ..models.loaders import BATCH, mean_pool
 from .inputs import RunInputs
@@ -348,20 +348,14 @@ def _chosen_layers(source: ModelSource, pattern: str | None) -> list[list[tuple[
 def _check_feasible(method: str, density: float, options: dict, chosen) -> None:
     """A BudgetError naming the chosen layers ``method`` cannot compress at ``density`` (an N:M
     pattern on a width it does not divide, a rank below 1, ...), before any block is loaded rather
-    than when the run reaches them; each distinct shape is planned once."""
-    plans = {}
-    for name, shape in (layer for part in chosen for layer in part):
-        if shape not in plans:
-            plans[shape] = (method_plan(method, shape, density, **options), [])
-        plans[shape][1].append(name)
-    refused = [(shape, plan, names) for shape, (plan, names) in plans.items() if not plan.feasible]
+    than when the run reaches them."""
+    refused = infeasible_layers(method, ((name, shape, density) for part in chosen for name, shape in part), **options)
     if refused:
-        count = sum(len(names) for _, _, names in refused)
-        shape, plan, names = refused[0]
+        name, shape, _, plan = refused[0]
         raise BudgetError(
-            f"{count} chosen layer(s) cannot be compressed by {method!r} at density {density}, e.g. {names[0]!r}: "
+            f"{len(refused)} chosen layer(s) cannot be compressed by {method!r} at density {density}, e.g. {name!r}: "
             f"{plan.reason} Or leave those layers out with --layers.",
-            needed=plan.min_budget, budget=budget(shape, density), what=plan.what, layer=names[0],
+            needed=plan.min_budget, budget=budget(shape, density), what=plan.what, layer=name,
         )
 
 
