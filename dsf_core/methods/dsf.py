@@ -418,7 +418,7 @@ def _invert_into(matrix, out, leaf, tick):
     """:func:`spd_inverse` of ``matrix``, written into ``out`` (a view of the same shape): each block
     lands in place, with no copies to assemble the result."""
     n = matrix.shape[-1]
-    if n <= leaf:  # LAPACK's own inverse (potri) is several times slower at these sizes
+    if n <= leaf:  # LAPACK's own inverse (potri) was 1.5x slower here (two 192 x 192 matrices, 2 threads)
         lower = torch.linalg.cholesky(matrix)
         eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device).expand_as(matrix)
         lower_inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
